@@ -1,0 +1,306 @@
+"""One ASGI HTTP request/response cycle, independent of the wire protocol.
+
+The cycle is the only code that speaks ASGI ``http``. It never sees bytes: it talks to its
+connection through the ``HTTPStream`` interface (implemented by the HTTP/1.1 protocol today,
+by an HTTP/2 stream later), so request/response logic exists once.
+
+Invariants:
+- ``send`` enforces the ASGI message order: ``http.response.start``, then
+  ``http.response.body`` until ``more_body`` is false; anything else raises ``ASGIError``.
+- The response head is handed to the stream together with the first body chunk.
+- ``receive`` returns buffered body first; once the body is complete and delivered it waits
+  and returns ``http.disconnect`` when the client goes away or the response is complete.
+- After ``run`` ends, the stream has been told exactly once: response complete, 500 sent,
+  or aborted (so a truncated body is never taken as complete).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sleipnir.wire.h1 import Headers
+
+if TYPE_CHECKING:
+    from sleipnir.logging import AccessLog
+    from sleipnir.types import ASGIApp, Message, Scope
+
+logger = logging.getLogger("sleipnir.error")
+
+# Above this many unread body bytes the connection stops reading until the app receives.
+BODY_HIGH_WATER_BYTES = 65536
+
+_START = 0
+_BODY = 1
+_DONE = 2
+
+_DISCONNECT: dict[str, Any] = {"type": "http.disconnect"}
+_EMPTY_BODY: dict[str, Any] = {"type": "http.request", "body": b"", "more_body": False}
+_ERROR_HEADERS: Headers = [
+    (b"content-type", b"text/plain; charset=utf-8"),
+    (b"connection", b"close"),
+]
+
+
+class ASGIError(RuntimeError):
+    """The application broke the ASGI message contract."""
+
+
+class HTTPStream(Protocol):
+    """What a cycle needs from its connection (one HTTP/1.1 exchange or one HTTP/2 stream)."""
+
+    write_paused: bool
+
+    def start_response(
+        self, cycle: HTTPCycle, status: int, headers: Headers, body: bytes, end: bool
+    ) -> None: ...
+
+    def send_body(self, cycle: HTTPCycle, body: bytes, end: bool) -> None: ...
+
+    def abort(self, cycle: HTTPCycle) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def body_wanted(self, cycle: HTTPCycle) -> None: ...
+
+    def body_consumed(self, cycle: HTTPCycle) -> None: ...
+
+    def cycle_done(self, cycle: HTTPCycle) -> None: ...
+
+
+class AppContext:
+    """What every cycle of one server shares: the app and the logging switches."""
+
+    __slots__ = ("access_log", "app", "trace")
+
+    def __init__(self, app: ASGIApp, access_log: AccessLog | None, trace: bool) -> None:
+        self.app = app
+        self.access_log = access_log
+        self.trace = trace
+
+
+class HTTPCycle:
+    """Runs the app for one request and turns its messages into stream calls."""
+
+    __slots__ = (
+        "_bytes_sent",
+        "_chunks",
+        "_complete",
+        "_ctx",
+        "_final_delivered",
+        "_headers",
+        "_started_at",
+        "_state",
+        "_status",
+        "_waiter",
+        "buffered",
+        "disconnected",
+        "expect_continue",
+        "response_started",
+        "scope",
+        "stream",
+        "task",
+    )
+
+    def __init__(
+        self, scope: Scope, stream: HTTPStream, ctx: AppContext, expect_continue: bool
+    ) -> None:
+        self.scope = scope
+        self.stream = stream
+        self._ctx = ctx
+        self.expect_continue = expect_continue
+        self._chunks: list[bytes] = []
+        self.buffered = 0
+        self._complete = False
+        self._final_delivered = False
+        self.disconnected = False
+        self.response_started = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._state = _START
+        self._status = 0
+        self._headers: Headers = []
+        self._bytes_sent = 0
+        self._started_at = time.perf_counter() if ctx.access_log is not None else 0.0
+        self.task: asyncio.Task[None] | None = None
+
+    # Events from the connection ------------------------------------------------------------
+
+    def body_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self.buffered += len(data)
+        self._wake()
+
+    def message_complete(self) -> None:
+        self._complete = True
+        self._wake()
+
+    @property
+    def request_complete(self) -> bool:
+        return self._complete
+
+    @property
+    def response_complete(self) -> bool:
+        return self._state == _DONE
+
+    def connection_lost(self) -> None:
+        self.disconnected = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # The ASGI callables ----------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        while True:
+            if self.disconnected and not self._complete:
+                message: Message = dict(_DISCONNECT)
+                break
+            if self._chunks:
+                return self._take_body()
+            if self._complete and not self._final_delivered:
+                self._final_delivered = True
+                message = dict(_EMPTY_BODY)
+                break
+            if self.disconnected or self._state == _DONE:
+                message = dict(_DISCONNECT)
+                break
+            self._waiter = asyncio.get_running_loop().create_future()
+            self.stream.body_wanted(self)
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self._ctx.trace:
+            _trace("receive", self.scope, message)
+        return message
+
+    def _take_body(self) -> Message:
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._chunks = []
+        self.buffered = 0
+        self.stream.body_consumed(self)
+        more = not self._complete
+        self._final_delivered = not more
+        message: Message = {"type": "http.request", "body": data, "more_body": more}
+        if self._ctx.trace:
+            _trace("receive", self.scope, message)
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self._ctx.trace:
+            _trace("send", self.scope, message)
+        mtype = message["type"]
+        if self._state == _BODY and mtype == "http.response.body":
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            if not isinstance(body, (bytes, bytearray, memoryview)):
+                raise ASGIError(f"'body' must be bytes, got {type(body).__name__}")
+            if not more:
+                self._state = _DONE
+            if self.disconnected:
+                return
+            if not self.response_started:
+                self.stream.start_response(self, self._status, self._headers, bytes(body), not more)
+                self.response_started = True
+            elif body or not more:
+                self.stream.send_body(self, bytes(body), not more)
+            self._bytes_sent += len(body)
+            if not more:
+                self._finish()
+            elif self.stream.write_paused:
+                await self.stream.drain()
+        elif self._state == _START and mtype == "http.response.start":
+            self._status = _check_status(message.get("status"))
+            self._headers = _check_headers(message.get("headers", ()))
+            self._state = _BODY
+        elif self._state == _DONE:
+            raise ASGIError(f"unexpected ASGI message {mtype!r} after the response completed")
+        else:
+            expected = "http.response.start" if self._state == _START else "http.response.body"
+            raise ASGIError(f"expected ASGI message {expected!r}, got {mtype!r}")
+
+    def _finish(self) -> None:
+        self._wake()
+        log = self._ctx.access_log
+        if log is not None:
+            scope = self.scope
+            log.log(
+                scope["client"],
+                scope["method"],
+                scope["raw_path"],
+                scope["query_string"],
+                scope["http_version"],
+                self._status,
+                self._bytes_sent,
+                time.perf_counter() - self._started_at,
+            )
+
+    # Running the application ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self._ctx.app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            self._app_failed(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if self._state != _DONE:
+                what = "starting" if self._state == _START else "completing"
+                logger.error("ASGI application returned without %s the response", what)
+                self._fail()
+        finally:
+            self.stream.cycle_done(self)
+
+    def _app_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, asyncio.CancelledError):
+            logger.debug("request cancelled: %s %s", self.scope["method"], self.scope["path"])
+        elif isinstance(exc, ASGIError):
+            logger.error("ASGI protocol error: %s", exc, exc_info=exc)
+        else:
+            logger.error("Exception in ASGI application", exc_info=exc)
+        self._fail()
+
+    def _fail(self) -> None:
+        """Answer 500 if nothing was sent yet, else abort so the truncation shows."""
+        if self.disconnected:
+            return
+        if self.response_started:
+            if self._state != _DONE:
+                self.stream.abort(self)
+            return
+        self._status = 500
+        self._state = _DONE
+        self.response_started = True
+        self.stream.start_response(self, 500, _ERROR_HEADERS, b"Internal Server Error\n", True)
+        self._bytes_sent = 22
+        self._finish()
+
+
+def _check_status(status: object) -> int:
+    if type(status) is not int or not 100 <= status <= 999:
+        raise ASGIError(f"invalid status {status!r} in 'http.response.start'")
+    return status
+
+
+def _check_headers(headers: Any) -> Headers:
+    try:
+        checked = [(bytes(name), bytes(value)) for name, value in headers]
+    except (TypeError, ValueError) as exc:
+        raise ASGIError(f"'headers' must be an iterable of [bytes, bytes] pairs: {exc}") from exc
+    return checked
+
+
+def _trace(direction: str, scope: Scope, message: Message) -> None:
+    from sleipnir.logging import TRACE_LOG_LEVEL, trace_message
+
+    if logger.isEnabledFor(TRACE_LOG_LEVEL):
+        client = scope.get("client")
+        prefix = f"{client[0]}:{client[1]} - ASGI [{direction}]" if client else "ASGI"
+        trace_message(logger, prefix, message)

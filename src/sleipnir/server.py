@@ -1,0 +1,392 @@
+"""One process, one event loop: load the app, lifespan startup, listen, serve, shut down.
+
+``Server.serve(sockets)`` is the seam for a supervisor: it binds nothing when given sockets.
+
+Invariants:
+- Startup failures (app import, lifespan, bind, TLS) are logged as one line (a traceback only
+  for an exception raised inside the app's own module) and leave ``started`` False; ``run``
+  turns that into exit code 3.
+- Shutdown order: stop accepting, close idle connections, let in-flight requests finish within
+  ``timeout_graceful_shutdown`` (a second signal ends the wait), cancel what is left, close the
+  remaining connections, then lifespan shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from sleipnir.asgi.http_cycle import AppContext
+from sleipnir.asgi.lifespan import Lifespan, LifespanFailure
+from sleipnir.transport.clock import Clock
+from sleipnir.transport.h1_protocol import H1Protocol
+from sleipnir.transport.listen import BindError, BindSpec, bind_socket, describe
+from sleipnir.transport.state import ServerState
+from sleipnir.wire.h1 import H1Limits
+
+if TYPE_CHECKING:
+    import ssl
+
+    from sleipnir.config import Config
+    from sleipnir.types import ASGIApp
+
+logger = logging.getLogger("sleipnir.error")
+
+STARTUP_FAILURE = 3
+MAIN_LOOP_TICK_S = 0.1  # how often should_exit (a plain attribute) is looked at
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StartupError(Exception):
+    """A one-line reason the server could not start."""
+
+
+class Server:
+    """Serves one config in the current process (uvicorn's ``Server`` API)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.should_exit = False
+        self.force_exit = False
+        self.started = False
+        self.servers: list[asyncio.base_events.Server] = []
+        self.state: ServerState | None = None
+        self._lifespan: Lifespan | None = None
+        self._bound_here: list[socket.socket] = []
+        self.shutdown_failed = False
+
+    def run(self, sockets: Sequence[socket.socket] | None = None) -> None:
+        """Run ``serve`` on a new event loop of the configured kind (--loop)."""
+        _run_loop(self.serve(sockets), self.config.loop)
+
+    async def serve(self, sockets: Sequence[socket.socket] | None = None) -> None:
+        with self._capture_signals():
+            try:
+                await self._startup(sockets)
+            except StartupError as exc:
+                logger.error("%s", exc)
+                await self._close_after_failed_startup()
+                return
+            self.started = True
+            await self._main_loop()
+            await self._shutdown()
+
+    # Startup ---------------------------------------------------------------------------------
+
+    async def _startup(self, sockets: Sequence[socket.socket] | None) -> None:
+        config = self.config
+        from sleipnir.importer import AppLoadError, load_app
+        from sleipnir.logging import AccessLog
+
+        _setup_logging(config)
+        logger.info("Started server process [%d]", os.getpid())
+        try:
+            app = load_app(
+                config.app,
+                factory=config.factory,
+                app_dir=config.app_dir,
+                interface=config.interface,
+            )
+        except AppLoadError as exc:
+            if exc.show_traceback:
+                logger.error("Error loading the application:", exc_info=exc.__cause__ or exc)
+            raise StartupError(str(exc)) from None
+        access = AccessLog(config.access_log_format) if config.access_log else None
+        trace = config.log_level == "trace" or config.log_level == 5
+        ctx = AppContext(app, access, trace)
+        state = self.state = self._make_state(ctx)
+        lifespan = config.lifespan
+        if lifespan == "auto" and config.interface == "wsgi":
+            lifespan = "off"
+        self._lifespan = Lifespan(app, lifespan, state.lifespan_state, config.timeout_lifespan)
+        try:
+            await self._lifespan.startup()
+        except LifespanFailure as exc:
+            raise StartupError(str(exc)) from None
+        await self._listen(state, sockets)
+        state.clock.start()
+
+    def _make_state(self, ctx: AppContext) -> ServerState:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        static: list[tuple[bytes, bytes]] = []
+        names = {name.lower() for name, _ in config.headers}
+        if config.server_header and "server" not in names:
+            static.append((b"server", b"sleipnir"))
+        static += [(n.encode("latin-1"), v.encode("latin-1")) for n, v in config.headers]
+        shortest = min(config.timeout_keep_alive, config.timeout_request_header)
+        clock = Clock(loop, static, config.date_header, shortest)
+        proxies = None
+        if config.proxy_headers:
+            from sleipnir.middleware.proxy_headers import TrustedProxies
+
+            proxies = TrustedProxies(config.forwarded_allow_ips)
+        limit = config.limit_max_requests
+        if limit is not None and config.limit_max_requests_jitter:
+            limit += random.randint(0, config.limit_max_requests_jitter)
+        return ServerState(
+            ctx=ctx,
+            clock=clock,
+            limits=H1Limits(
+                request_line_bytes=config.limit_request_line,
+                header_block_bytes=config.limit_request_header_size,
+                header_count=config.limit_request_headers,
+                h11_max_incomplete_event_bytes=config.h11_max_incomplete_event_size,
+            ),
+            parser=_choose_parser(config.http),
+            root_path=config.root_path,
+            proxies=proxies,
+            timeout_keep_alive_s=config.timeout_keep_alive,
+            timeout_request_header_s=config.timeout_request_header,
+            limit_concurrency=config.limit_concurrency,
+            limit_request_body=config.limit_request_body,
+            reset_contextvars=config.reset_contextvars,
+            on_request_counted=self._request_counter(limit),
+        )
+
+    def _request_counter(self, limit: int | None) -> Callable[[int], None]:
+        def counted(total: int) -> None:
+            if limit is not None and total >= limit and not self.should_exit:
+                logger.warning("Maximum request limit of %d exceeded. Terminating process.", limit)
+                self.should_exit = True
+
+        return counted
+
+    async def _listen(self, state: ServerState, sockets: Sequence[socket.socket] | None) -> None:
+        config = self.config
+        ssl_context = _ssl_context(config)
+        scheme = "https" if ssl_context is not None else "http"
+        if sockets is None:
+            spec = BindSpec(config.host, config.port, config.uds, config.fd, config.backlog)
+            try:
+                sockets = [bind_socket(spec)]
+            except BindError as exc:
+                raise StartupError(str(exc)) from None
+            self._bound_here = list(sockets)
+        loop = asyncio.get_running_loop()
+
+        def factory() -> H1Protocol:
+            return H1Protocol(state)
+
+        for sock in sockets:
+            server = await loop.create_server(
+                factory, sock=sock, ssl=ssl_context, backlog=config.backlog
+            )
+            self.servers.append(server)
+            logger.info("Sleipnir running on %s (Press CTRL+C to quit)", describe(sock, scheme))
+
+    # Serving and shutdown --------------------------------------------------------------------
+
+    async def _main_loop(self) -> None:
+        while not self.should_exit:
+            await asyncio.sleep(MAIN_LOOP_TICK_S)
+
+    async def _shutdown(self) -> None:
+        state = self.state
+        assert state is not None
+        logger.info("Shutting down")
+        state.shutting_down = True
+        for server in self.servers:
+            server.close()
+        for conn in list(state.clock.connections):
+            if isinstance(conn, H1Protocol):
+                conn.shutdown()
+        await self._drain(state)
+        for conn in list(state.clock.connections):
+            if isinstance(conn, H1Protocol):
+                conn.transport.close()
+        state.clock.stop()
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), MAIN_LOOP_TICK_S)
+        await self._stop_lifespan()
+        self._remove_uds()
+
+    async def _drain(self, state: ServerState) -> None:
+        """Wait for in-flight requests, bounded by the graceful timeout and a second signal."""
+        timeout = self.config.timeout_graceful_shutdown
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        if state.tasks:
+            logger.info("Waiting for %d in-flight request(s) to finish.", len(state.tasks))
+        while state.tasks and not self.force_exit:
+            if deadline is not None and loop.time() >= deadline:
+                logger.warning("Graceful shutdown timed out; cancelling %d request(s).", len(state.tasks))
+                break
+            await asyncio.sleep(MAIN_LOOP_TICK_S / 2)
+        tasks = list(state.tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+
+    async def _stop_lifespan(self) -> None:
+        lifespan = self._lifespan
+        if lifespan is None:
+            return
+        try:
+            if not self.force_exit:
+                await lifespan.shutdown()
+        except LifespanFailure as exc:
+            logger.error("%s", exc)
+            self.shutdown_failed = True
+        finally:
+            await lifespan.close()
+
+    async def _close_after_failed_startup(self) -> None:
+        for server in self.servers:
+            server.close()
+        if self._lifespan is not None:
+            await self._lifespan.close()
+        self._remove_uds()
+
+    def _remove_uds(self) -> None:
+        uds = self.config.uds
+        if uds and self._bound_here:
+            for sock in self._bound_here:
+                sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(uds)
+
+    # Signals ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _capture_signals(self) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in HANDLED_SIGNALS:
+            try:
+                loop.add_signal_handler(sig, self.handle_exit, sig, None)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - not on Linux
+                signal.signal(sig, self.handle_exit)
+        try:
+            yield
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
+
+
+def _choose_parser(http: str) -> str:
+    if http == "auto":
+        try:
+            import httptools  # noqa: F401
+        except ImportError:
+            return "h11"
+        return "httptools"
+    return http
+
+
+def _ssl_context(config: Config) -> ssl.SSLContext | None:
+    if not config.ssl_certfile:
+        return None
+    from sleipnir.transport.tls import TLSConfigError, create_ssl_context
+
+    try:
+        return create_ssl_context(
+            certfile=config.ssl_certfile,
+            keyfile=config.ssl_keyfile,
+            password=config.ssl_keyfile_password,
+            ssl_version=config.ssl_version,
+            cert_reqs=config.ssl_cert_reqs,
+            ca_certs=config.ssl_ca_certs,
+            ciphers=config.ssl_ciphers,
+        )
+    except TLSConfigError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def _setup_logging(config: Config) -> None:
+    from sleipnir.logging import LogConfigError, configure_logging
+
+    try:
+        if config.log_config is None:
+            configure_logging(
+                log_level=config.log_level,
+                access_log=config.access_log,
+                use_colors=config.use_colors,
+            )
+        else:
+            configure_logging(
+                log_config=config.log_config,
+                log_level=config.log_level,
+                access_log=config.access_log,
+                use_colors=config.use_colors,
+            )
+    except LogConfigError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise StartupError("--loop uvloop: uvloop is not installed") from None
+        else:
+            return uvloop.new_event_loop  # type: ignore[no-any-return]
+    return asyncio.new_event_loop
+
+
+def _run_loop(main: Coroutine[Any, Any, None], kind: str) -> None:
+    factory = _loop_factory(kind)
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(main)
+    else:  # pragma: no cover - Python 3.10
+        loop = factory()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(main)
+        finally:
+            loop.close()
+
+
+def run_config(config: Config) -> None:
+    """Run a server for ``config``; raises SystemExit(3) when it could not start."""
+    unavailable = config.unavailable()
+    if unavailable:
+        print(f"sleipnir: error: {unavailable[0]}", file=sys.stderr)
+        raise SystemExit(2)
+    from sleipnir.config import load_env_file
+
+    if config.env_file:
+        load_env_file(config)
+    server = Server(config)
+    try:
+        server.run()
+    except StartupError as exc:
+        logger.error("%s", exc)
+        raise SystemExit(STARTUP_FAILURE) from None
+    except KeyboardInterrupt:  # pragma: no cover - a signal before the handlers were set
+        pass
+    if not server.started:
+        raise SystemExit(STARTUP_FAILURE)
+    if server.shutdown_failed:
+        raise SystemExit(STARTUP_FAILURE)
+
+
+def run(app: ASGIApp | Callable[..., Any] | str, **settings: Any) -> None:
+    """Serve ``app`` (an ASGI app, a factory with factory=True, or "module:attr")."""
+    from sleipnir.config import Config
+
+    run_config(Config(app, **settings))

@@ -1,0 +1,68 @@
+"""One periodic tick per server: the cached Date header and the connection deadline sweep.
+
+Rather than arming and cancelling a timer per request (uvicorn's keep-alive timer), each
+connection keeps a ``deadline`` (loop time, 0 for none) and the tick checks them all. A sweep
+over a thousand connections costs far less than a thousand timer heap operations per second.
+
+Invariants:
+- ``defaults.block`` always holds the current ``date`` line (refreshed at least once a second).
+- A connection past its deadline gets ``on_deadline()`` called once per tick until it resets
+  its deadline or leaves ``connections``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from email.utils import formatdate
+from typing import Protocol
+
+from sleipnir.wire.h1_writer import DefaultHeaders
+
+MAX_TICK_S = 1.0
+MIN_TICK_S = 0.05
+
+
+class Timed(Protocol):
+    deadline: float
+
+    def on_deadline(self) -> None: ...
+
+
+class Clock:
+    """Refreshes the default headers and enforces connection deadlines."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        static_headers: list[tuple[bytes, bytes]],
+        date_header: bool,
+        shortest_timeout_s: float,
+    ) -> None:
+        self._loop = loop
+        self._static = static_headers
+        self._date_header = date_header
+        self.interval_s = min(MAX_TICK_S, max(MIN_TICK_S, shortest_timeout_s / 4))
+        self.connections: set[Timed] = set()
+        self.defaults = self._build_defaults()
+        self._handle: asyncio.TimerHandle | None = None
+
+    def _build_defaults(self) -> DefaultHeaders:
+        lines = list(self._static)
+        if self._date_header:
+            lines.append((b"date", formatdate(usegmt=True).encode("ascii")))
+        return DefaultHeaders(lines)
+
+    def start(self) -> None:
+        self._handle = self._loop.call_later(self.interval_s, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _tick(self) -> None:
+        self.defaults = self._build_defaults()
+        now = self._loop.time()
+        for conn in [c for c in self.connections if 0 < c.deadline <= now]:
+            conn.on_deadline()
+        self._handle = self._loop.call_later(self.interval_s, self._tick)

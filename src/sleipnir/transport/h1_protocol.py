@@ -1,0 +1,481 @@
+"""The HTTP/1.1 connection: an ``asyncio.Protocol`` joining a parser, cycles and the socket.
+
+Invariants:
+- At most one cycle is active (``self.cycle``); requests parsed while it runs wait in
+  ``_pipeline`` in arrival order and reading is paused until they are served (RFC 9112 §9.3.2).
+  The queue is bounded by what one read delivered.
+- Responses of pipelined requests are gathered and written together.
+- ``deadline`` is 0 while a request is being served; otherwise it is when the connection must
+  go: the keep-alive timeout while idle, the request-header timeout while a head is arriving
+  (slowloris), a short linger while closing after an unread body.
+- Reading is paused while the active request has more than BODY_HIGH_WATER_BYTES unread.
+- After a framing error or ``Connection: close`` no further request is parsed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import sys
+from collections import deque
+from typing import Any, cast
+
+from sleipnir.asgi.http_cycle import BODY_HIGH_WATER_BYTES, ASGIError, HTTPCycle
+from sleipnir.transport.state import ServerState
+from sleipnir.wire import h1_writer as w
+from sleipnir.wire.h1 import H1Error, H1Parser, Headers, RequestHead
+
+EAGER_TASKS = sys.version_info >= (3, 12)
+LINGER_S = 2.0  # how long to keep reading after an unread body before closing (RFC 9112 §9.6)
+FLUSH_BYTES = 65536  # gathered pipelined responses are written once they exceed this
+
+
+def make_parser(kind: str, handler: Any, state: ServerState) -> H1Parser:
+    if kind == "httptools":
+        from sleipnir.wire.h1_httptools import HttptoolsParser
+
+        return HttptoolsParser(handler, state.limits)
+    from sleipnir.wire.h1_h11 import H11Parser
+
+    return H11Parser(handler, state.limits)
+
+
+def _address(info: Any) -> tuple[str, int] | None:
+    if isinstance(info, tuple) and len(info) >= 2:
+        return str(info[0]), int(info[1])
+    return None
+
+
+class H1Protocol(asyncio.Protocol):
+    """One HTTP/1.1 connection."""
+
+    def __init__(self, state: ServerState) -> None:
+        self._state = state
+        self._loop = asyncio.get_running_loop()
+        self.deadline = 0.0
+        self.cycle: HTTPCycle | None = None
+        self.write_paused = False
+        self._head: RequestHead | None = None
+        self._pipeline: deque[tuple[HTTPCycle, RequestHead]] = deque()
+        self._body_target: HTTPCycle | None = None
+        self._read_paused = False
+        self._closing = False
+        self._lingering = False
+        self._eof = False
+        self._pending_error: H1Error | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._out: list[bytes] | None = None
+        self._framing = w.FRAMING_NONE
+        self._remaining = 0
+        self._keep_alive = True
+        self._request_body_bytes = 0
+        self._head_timed = False  # the request-header deadline is running
+        self._head_base: float | None = None  # when the next head's clock started
+        self._last_request = False  # Connection: close or a refused request was seen
+        self._pipeline_progress = False
+
+    # asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        state = self._state
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.parser = make_parser(state.parser, self, state)
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        self._client = _address(peer)
+        self._server = _address(sock) or ((sock, None) if isinstance(sock, str) else None)
+        self._scheme = "https" if transport.get_extra_info("sslcontext") else "http"
+        host = self._client[0] if self._client else (peer or None)
+        proxies = state.proxies
+        self._proxies = proxies if proxies is not None and proxies.is_trusted(host) else None
+        self._client_label = "%s:%d" % self._client if self._client else "-"
+        # Nothing has arrived yet: the first request head must come within both timeouts.
+        timeout = min(state.timeout_keep_alive_s, state.timeout_request_header_s)
+        self._head_base = self._loop.time()
+        self.deadline = self._head_base + timeout
+        state.clock.connections.add(self)
+        if state.shutting_down:
+            self._close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._state.clock.connections.discard(self)
+        if self.cycle is not None:
+            self.cycle.connection_lost()
+        for cycle, _ in self._pipeline:
+            cycle.connection_lost()
+        self._pipeline.clear()
+        self._wake_drain()
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        if self._lingering:
+            return None
+        target = self._body_target
+        if target is not None and not target.request_complete:
+            self._fail_request(H1Error(400, "connection closed in the middle of the request body"))
+            return None
+        if self.cycle is None:
+            if self.parser.head_in_progress():
+                self._send_error(H1Error(400, "connection closed in the middle of the request head"))
+            return None  # idle: let the transport close
+        return True  # a request is being served: answer it, then close
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if not self._head_timed and self.cycle is None and not self._lingering:
+            # A head starts arriving: it has the request-header timeout to complete, counted
+            # from the accept for a connection's first request (RFC 9112 §9.5 lets us close).
+            self._head_timed = True
+            base = self._head_base if self._head_base is not None else self._loop.time()
+            self.deadline = base + self._state.timeout_request_header_s
+        self._out = []  # gather what eagerly run apps write during this read
+        try:
+            self.parser.feed(data)
+        except H1Error as exc:
+            self._fail_request(exc)
+        finally:
+            self._flush()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake_drain()
+
+    # H1Handler: parser events ----------------------------------------------------------------
+
+    def on_request(self, head: RequestHead) -> None:
+        if self._closing or self._last_request:
+            return
+        state = self._state
+        scope = self._scope(head)
+        cycle = HTTPCycle(scope, self, state.ctx, head.expect_continue)
+        self._body_target = cycle
+        self._request_body_bytes = 0
+        self.deadline = 0.0
+        self._head_timed = False
+        self._head_base = None
+        if self.cycle is None:
+            self._start(cycle, head)
+        else:
+            self._pipeline.append((cycle, head))
+            self._pause_reading()
+        if not head.keep_alive:
+            self._last_request = True  # RFC 9112 §9.6: no request after Connection: close
+
+    def on_body(self, data: bytes) -> None:
+        target = self._body_target
+        if target is None:
+            return
+        limit = self._state.limit_request_body
+        if limit is not None:
+            self._request_body_bytes += len(data)
+            if self._request_body_bytes > limit:
+                raise H1Error(413, "request body larger than the limit")
+        target.body_received(data)
+        if target.buffered > BODY_HIGH_WATER_BYTES:
+            self._pause_reading()
+
+    def on_complete(self) -> None:
+        target = self._body_target
+        if target is not None:
+            target.message_complete()
+            self._body_target = None
+
+    # Scheduling cycles -----------------------------------------------------------------------
+
+    def _scope(self, head: RequestHead) -> dict[str, Any]:
+        state = self._state
+        root = state.root_path
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": head.http_version,
+            "server": self._server,
+            "client": self._client,
+            "scheme": self._scheme,
+            "method": head.method,
+            "root_path": root,
+            "path": root + head.path if root else head.path,
+            "raw_path": root.encode() + head.raw_path if root else head.raw_path,
+            "query_string": head.query_string,
+            "headers": head.headers,
+            "state": state.lifespan_state.copy(),
+            "extensions": {},
+        }
+        if self._proxies is not None:
+            self._proxies.apply(scope)
+        return scope
+
+    def _start(self, cycle: HTTPCycle, head: RequestHead) -> None:
+        state = self._state
+        self.cycle = cycle
+        self._head = head
+        self._keep_alive = head.keep_alive
+        limit = state.limit_concurrency
+        if limit is not None and (
+            len(state.clock.connections) > limit or len(state.tasks) >= limit
+        ):
+            self._service_unavailable(cycle)
+            return
+        limit_body = state.limit_request_body
+        if limit_body is not None and _declared_length(head.headers) > limit_body:
+            # Refuse before reading the body (RFC 9110 §15.5.14), then close.
+            self._fail_request(H1Error(413, "declared request body larger than the limit"))
+            return
+        coro = cycle.run()
+        context = contextvars.Context() if state.reset_contextvars else None
+        if EAGER_TASKS:
+            task = asyncio.Task(coro, loop=self._loop, context=context, eager_start=True)  # type: ignore[call-arg]
+        elif context is not None:
+            task = context.run(self._loop.create_task, coro)
+        else:
+            task = self._loop.create_task(coro)
+        if not task.done():
+            cycle.task = task
+            state.tasks.add(task)
+
+    def _service_unavailable(self, cycle: HTTPCycle) -> None:
+        self.cycle = None
+        cycle.connection_lost()
+        self._write(w.simple_response(503, "server at its concurrency limit", self._defaults()))
+        self._close()
+
+    def _defaults(self) -> w.DefaultHeaders:
+        return self._state.clock.defaults
+
+    def _response_done(self) -> None:
+        state = self._state
+        cycle = self.cycle
+        assert cycle is not None
+        self.cycle = None
+        state.total_requests += 1
+        state.on_request_counted(state.total_requests)
+        if not self._keep_alive or self._eof or state.shutting_down:
+            self._close()
+            return
+        if not cycle.request_complete:
+            self._linger()
+            return
+        if self._pipeline:
+            next_cycle, head = self._pipeline.popleft()
+            self._pipeline_progress = True
+            if self._out is None:
+                self._out = []
+                self._loop.call_soon(self._deferred_flush)
+            self._start(next_cycle, head)
+            return
+        if self._pending_error is not None:
+            self._send_error(self._pending_error)
+            return
+        now = self._loop.time()
+        if self.parser.head_in_progress():
+            self._head_timed = True
+            self.deadline = now + state.timeout_request_header_s
+        else:
+            self.deadline = now + state.timeout_keep_alive_s
+        self._resume_reading()
+
+    # HTTPStream: what the cycle calls --------------------------------------------------------
+
+    def start_response(
+        self, cycle: HTTPCycle, status: int, headers: Headers, body: bytes, end: bool
+    ) -> None:
+        head = self._head
+        assert head is not None and cycle is self.cycle
+        data, framing, length, keep_alive = w.encode_head(
+            status,
+            headers,
+            self._defaults(),
+            head_request=head.method == "HEAD",
+            http10=head.http_version == "1.0",
+            keep_alive=self._keep_alive and not self._eof and not self._state.shutting_down,
+            final_body_len=len(body) if end else -1,
+        )
+        if framing == w.FRAMING_LENGTH and len(body) > length:
+            raise ASGIError("response body longer than its Content-Length")
+        self._framing = framing
+        self._remaining = length - len(body)
+        self._keep_alive = keep_alive
+        if framing == w.FRAMING_CHUNKED:
+            if body:
+                data += w.chunk(body)
+            if end:
+                data += w.LAST_CHUNK
+        elif framing != w.FRAMING_NONE and body:
+            data += body
+        self._write(data)
+        if end:
+            self._end_response(cycle)
+
+    def send_body(self, cycle: HTTPCycle, body: bytes, end: bool) -> None:
+        framing = self._framing
+        if framing == w.FRAMING_CHUNKED:
+            if body:
+                self._write(w.chunk(body) + w.LAST_CHUNK if end else w.chunk(body))
+            elif end:
+                self._write(w.LAST_CHUNK)
+        elif framing == w.FRAMING_LENGTH:
+            if len(body) > self._remaining:
+                raise ASGIError("response body longer than its Content-Length")
+            self._remaining -= len(body)
+            self._write(body)
+        elif framing == w.FRAMING_CLOSE:
+            self._write(body)
+        if end:
+            self._end_response(cycle)
+
+    def _end_response(self, cycle: HTTPCycle) -> None:
+        if self._framing == w.FRAMING_LENGTH and self._remaining > 0:
+            from sleipnir.asgi.http_cycle import logger
+
+            logger.error("response body shorter than its Content-Length; closing the connection")
+            self.abort(cycle)
+            return
+        self._response_done()
+
+    def abort(self, cycle: HTTPCycle) -> None:
+        if cycle is self.cycle:
+            self.cycle = None
+            self._close()
+
+    async def drain(self) -> None:
+        if self.write_paused and not self._closing:
+            waiter = self._drain_waiter
+            if waiter is None:
+                waiter = self._drain_waiter = self._loop.create_future()
+            await waiter
+
+    def body_wanted(self, cycle: HTTPCycle) -> None:
+        if cycle is not self.cycle:
+            return
+        if cycle.expect_continue and not cycle.response_started:
+            cycle.expect_continue = False
+            self._write(w.CONTINUE_100)
+        self._resume_reading()
+
+    def body_consumed(self, cycle: HTTPCycle) -> None:
+        if cycle is self.cycle:
+            self._resume_reading()
+
+    def cycle_done(self, cycle: HTTPCycle) -> None:
+        task = cycle.task
+        if task is not None:
+            self._state.tasks.discard(task)
+
+    # Deadlines, closing, errors --------------------------------------------------------------
+
+    def on_deadline(self) -> None:
+        self.deadline = 0.0
+        if self._lingering or self.cycle is not None:
+            self._abort_transport()
+        elif self.parser.head_in_progress():
+            self._send_error(H1Error(408, "request head not received in time"))
+        else:
+            self._close()
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: close now if idle, else after the response in progress."""
+        if self.cycle is None and not self._pipeline:
+            self._close()
+
+    def _fail_request(self, exc: H1Error) -> None:
+        """A request could not be parsed or must be refused; answer if possible, then close."""
+        target = self._body_target
+        self._body_target = None
+        if target is not None and not target.request_complete:
+            target.connection_lost()  # the app sees http.disconnect
+        cycle = self.cycle
+        if cycle is None or (cycle is target and not cycle.response_started):
+            if cycle is not None:
+                self.cycle = None
+            self._send_error(exc)
+        elif cycle is target:
+            self._close()
+        else:
+            self._pending_error = exc
+            self._last_request = True
+
+    def _send_error(self, exc: H1Error) -> None:
+        self._state.log_bad_request(self._client_label, exc.status, exc.reason)
+        self._write(w.simple_response(exc.status, exc.reason, self._defaults()))
+        self._close()
+
+    def _linger(self) -> None:
+        """Stop serving but keep reading (and discarding) for a while, so that closing with
+        unread data does not reset the connection before the client reads the response."""
+        self._flush()
+        self._lingering = True
+        self._closing = True
+        self._resume_reading()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.deadline = self._loop.time() + LINGER_S
+
+    def _close(self) -> None:
+        self._closing = True
+        self._flush()
+        self.deadline = 0.0
+        self.transport.close()
+
+    def _abort_transport(self) -> None:
+        self._closing = True
+        self.transport.abort()
+
+    # Writing and flow control ----------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        out = self._out
+        if out is None:
+            self.transport.write(data)
+        else:
+            out.append(data)
+            if len(out) > 64 or len(data) > FLUSH_BYTES:
+                self._flush()
+                self._out = []
+
+    def _deferred_flush(self) -> None:
+        """Write gathered pipelined responses once a loop iteration completes none."""
+        if self._pipeline_progress and self.cycle is not None and self._out is not None:
+            self._pipeline_progress = False
+            self._loop.call_soon(self._deferred_flush)
+            return
+        self._flush()
+
+    def _flush(self) -> None:
+        out = self._out
+        self._out = None
+        if out:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _wake_drain(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None:
+            self._drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and not self._closing:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if not self._read_paused or self._pipeline:
+            return
+        cycle = self.cycle
+        if cycle is not None and cycle.buffered > BODY_HIGH_WATER_BYTES:
+            return
+        self._read_paused = False
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+
+def _declared_length(headers: Headers) -> int:
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value.split(b",")[0])
+    return -1

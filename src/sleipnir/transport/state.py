@@ -1,0 +1,60 @@
+"""What all connections of one server share, built once by the server from its settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sleipnir.asgi.http_cycle import AppContext
+from sleipnir.logging import RateLimitedLog
+from sleipnir.wire.h1 import H1Limits
+
+if TYPE_CHECKING:
+    from sleipnir.middleware.proxy_headers import TrustedProxies
+    from sleipnir.transport.clock import Clock
+
+logger = logging.getLogger("sleipnir.error")
+
+
+class ServerState:
+    """Shared, mutable server-wide state handed to every connection protocol."""
+
+    def __init__(
+        self,
+        *,
+        ctx: AppContext,
+        clock: Clock,
+        limits: H1Limits,
+        parser: str,
+        root_path: str,
+        proxies: TrustedProxies | None,
+        timeout_keep_alive_s: float,
+        timeout_request_header_s: float,
+        limit_concurrency: int | None,
+        limit_request_body: int | None,
+        reset_contextvars: bool,
+        on_request_counted: Callable[[int], None],
+    ) -> None:
+        self.ctx = ctx
+        self.clock = clock
+        self.limits = limits
+        self.parser = parser
+        self.root_path = root_path
+        self.proxies = proxies
+        self.timeout_keep_alive_s = timeout_keep_alive_s
+        self.timeout_request_header_s = timeout_request_header_s
+        self.limit_concurrency = limit_concurrency
+        self.limit_request_body = limit_request_body
+        self.reset_contextvars = reset_contextvars
+        self.on_request_counted = on_request_counted
+        self.lifespan_state: dict[str, Any] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.total_requests = 0
+        self.shutting_down = False
+        self._bad_log = RateLimitedLog(logger)
+
+    def log_bad_request(self, client: str, status: int, reason: str) -> None:
+        """One line per malformed request, rate-limited per status."""
+        self._bad_log.log(f"bad-request-{status}", "%s - %d: %s", client, status, reason)

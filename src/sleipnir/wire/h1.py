@@ -1,0 +1,247 @@
+"""The HTTP/1.1 codec interface shared by both parsers, and the strict request checks.
+
+A parser (``h1_httptools`` or ``h1_h11``) turns bytes into three calls on an ``H1Handler``:
+``on_request(head)``, ``on_body(data)``, ``on_complete()``. Whatever the parser library lets
+through, every request head goes through ``build_head``, which enforces RFC 9112 the same way
+for both, so the two parsers cannot disagree on what reaches the application.
+
+Invariants:
+- ``build_head`` either returns a ``RequestHead`` whose framing is unambiguous or raises
+  ``H1Error`` carrying the status to answer with; after an ``H1Error`` the connection closes.
+- Header names in a ``RequestHead`` are lowercase; values have surrounding whitespace removed;
+  order and duplicates are kept (ASGI).
+- No asyncio here: codecs are tested without an event loop.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import unquote_to_bytes
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class H1Error(Exception):
+    """A request that cannot be served; answered with ``status`` and the connection closed."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class H1Limits:
+    """The slice of the settings an HTTP/1.1 codec needs."""
+
+    request_line_bytes: int = 8190
+    header_block_bytes: int = 65536
+    header_count: int = 100
+    h11_max_incomplete_event_bytes: int | None = None
+
+
+class RequestHead:
+    """A parsed, validated request head (everything the ASGI scope is built from)."""
+
+    __slots__ = (
+        "expect_continue",
+        "headers",
+        "http_version",
+        "keep_alive",
+        "method",
+        "path",
+        "query_string",
+        "raw_path",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        raw_path: bytes,
+        query_string: bytes,
+        http_version: str,
+        headers: Headers,
+        keep_alive: bool,
+        expect_continue: bool,
+    ) -> None:
+        self.method = method
+        self.raw_path = raw_path
+        self.path = decode_path(raw_path)
+        self.query_string = query_string
+        self.http_version = http_version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+
+
+class H1Handler(Protocol):
+    """What a parser calls; implemented by the connection (``transport/h1_protocol.py``)."""
+
+    def on_request(self, head: RequestHead) -> None: ...
+
+    def on_body(self, data: bytes) -> None: ...
+
+    def on_complete(self) -> None: ...
+
+
+class H1Parser(Protocol):
+    """The codec interface: bytes in, handler calls out."""
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``; raises ``H1Error`` on a request that must be refused."""
+
+    def head_in_progress(self) -> bool:
+        """True when bytes of a request head have arrived but the head is not complete."""
+
+
+def decode_path(raw_path: bytes) -> str:
+    """ASGI ``path``: percent-decoded, UTF-8 decoded (invalid sequences replaced)."""
+    if b"%" in raw_path:
+        raw_path = unquote_to_bytes(raw_path)
+    return raw_path.decode("utf-8", "replace")
+
+
+# RFC 3986 §3.2.2 host (reg-name, IPv4, IP-literal) with an optional port (RFC 9110 §7.2).
+_HOST_RE = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?",
+)
+_CONTENT_LENGTH_RE = re.compile(rb"[0-9]+")
+# A header value may hold any visible octet, SP, HTAB and obs-text; never CR, LF or NUL.
+_BAD_VALUE_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_ABSOLUTE_RE = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)([^#]*)")
+_MAX_CONTENT_LENGTH = 1 << 62
+
+
+def split_target(method: str, target: bytes) -> tuple[bytes, bytes, bytes | None]:
+    """Split a request-target into (raw_path, query_string, authority-or-None).
+
+    RFC 9112 §3.2: origin-form ("/p?q"), absolute-form ("http://h/p?q", whose authority
+    replaces Host, §3.2.2), asterisk-form ("*", OPTIONS only, §3.2.4). Authority-form is
+    only for CONNECT, which an origin server does not serve.
+    """
+    authority = None
+    if target[:1] != b"/":
+        if target == b"*":
+            if method != "OPTIONS":
+                raise H1Error(400, "asterisk-form target is only allowed with OPTIONS")
+            return b"*", b"", None
+        match = _ABSOLUTE_RE.fullmatch(target)
+        if match is None or match.group(1).lower() not in (b"http", b"https"):
+            raise H1Error(400, "invalid request-target")
+        authority = match.group(2)
+        if not authority or b"@" in authority:
+            raise H1Error(400, "invalid authority in absolute-form target")
+        target = match.group(3) or b"/"
+    if b"#" in target:
+        raise H1Error(400, "fragment in request-target")
+    path, sep, query = target.partition(b"?")
+    return path, query, authority
+
+
+def _check_content_length(values: list[bytes]) -> None:
+    """RFC 9110 §8.6 / RFC 9112 §6.3(5): digits only; repeated values must agree."""
+    seen = set()
+    for value in values:
+        for item in value.split(b","):
+            item = item.strip(b" \t")
+            if not _CONTENT_LENGTH_RE.fullmatch(item) or int(item) > _MAX_CONTENT_LENGTH:
+                raise H1Error(400, "invalid Content-Length")
+            seen.add(int(item))
+    if len(seen) > 1:
+        raise H1Error(400, "conflicting Content-Length values")
+
+
+def _check_transfer_encoding(values: list[bytes], http_version: str) -> None:
+    """RFC 9112 §6.1 and §6.3(4): chunked must be the final coding, exactly once."""
+    if http_version == "1.0":
+        # §6.1: a Transfer-Encoding in an HTTP/1.0 message means the framing is faulty.
+        raise H1Error(400, "Transfer-Encoding in an HTTP/1.0 request")
+    codings = [c.strip(b" \t").lower() for v in values for c in v.split(b",")]
+    if codings[-1] != b"chunked":
+        if b"chunked" in codings:
+            raise H1Error(400, "chunked is not the final transfer coding")
+        raise H1Error(501, "unsupported transfer coding")
+    if len(codings) > 1:
+        raise H1Error(501 if codings.count(b"chunked") == 1 else 400, "unsupported transfer coding")
+
+
+def _other_version(http_version: str) -> str:
+    """RFC 9110 §2.5: a higher 1.x minor version is served as 1.1; 0.9 and 2+ are refused."""
+    major, _, minor = http_version.partition(".")
+    if major == "1" and minor.isdigit():
+        return "1.1"
+    if major == "0":
+        raise H1Error(400, "HTTP/0.9 requests are not supported")
+    raise H1Error(505, "unsupported HTTP version")
+
+
+def build_head(
+    method: str,
+    target: bytes,
+    http_version: str,
+    raw_headers: Headers,
+    limits: H1Limits,
+) -> RequestHead:
+    """Validate a parsed request head and derive what the server needs (RFC 9112)."""
+    if len(target) > limits.request_line_bytes:
+        raise H1Error(414, "request-target too long")
+    if len(raw_headers) > limits.header_count:
+        raise H1Error(431, "too many header fields")
+    if http_version not in ("1.1", "1.0"):
+        http_version = _other_version(http_version)
+    raw_path, query, authority = split_target(method, target)
+
+    headers: Headers = []
+    hosts: list[bytes] = []
+    lengths: list[bytes] = []
+    codings: list[bytes] = []
+    connection = b""
+    expect = b""
+    size = 0
+    for name, value in raw_headers:
+        size += len(name) + len(value) + 4
+        name = name.lower()
+        value = value.strip(b" \t")
+        if _BAD_VALUE_RE.search(value):
+            raise H1Error(400, "invalid character in a header value")
+        if name == b"host":
+            hosts.append(value)
+        elif name == b"content-length":
+            lengths.append(value)
+        elif name == b"transfer-encoding":
+            codings.append(value)
+        elif name == b"connection":
+            connection = connection + b"," + value.lower() if connection else value.lower()
+        elif name == b"expect":
+            expect = value.lower()
+        headers.append((name, value))
+
+    if size > limits.header_block_bytes:
+        raise H1Error(431, "request header block too large")
+    if http_version == "1.1" and len(hosts) != 1:
+        raise H1Error(400, "missing Host header" if not hosts else "more than one Host header")
+    if hosts and (len(hosts) > 1 or not _HOST_RE.fullmatch(hosts[0])):
+        raise H1Error(400, "invalid Host header")
+    if authority is not None:
+        # RFC 9112 §3.2.2: the target's authority wins over any Host field.
+        headers = [(n, authority if n == b"host" else v) for n, v in headers]
+        if not hosts:
+            headers.append((b"host", authority))
+    if codings:
+        if lengths:
+            # RFC 9112 §6.3(3): both present is a smuggling attempt; refuse and close.
+            raise H1Error(400, "both Content-Length and Transfer-Encoding")
+        _check_transfer_encoding(codings, http_version)
+    elif lengths:
+        _check_content_length(lengths)
+
+    tokens = {t.strip() for t in connection.split(b",")} if connection else set()
+    if http_version == "1.1":
+        keep_alive = b"close" not in tokens
+    else:
+        keep_alive = b"keep-alive" in tokens and b"close" not in tokens
+    # RFC 9110 §10.1.1: a server MUST ignore 100-continue from an HTTP/1.0 client.
+    expect_continue = expect == b"100-continue" and http_version == "1.1"
+    return RequestHead(method, raw_path, query, http_version, headers, keep_alive, expect_continue)

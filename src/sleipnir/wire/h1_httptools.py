@@ -1,0 +1,121 @@
+"""HTTP/1.1 request parsing with httptools (llhttp): the fast path.
+
+Invariants:
+- Every head goes through ``h1.build_head`` before the handler sees it.
+- The bytes of an unfinished head are counted, so a head that never ends (slowloris, a huge
+  header) is refused once it passes the configured size, before llhttp buffers more of it.
+- After an Upgrade or CONNECT head llhttp stops; we do not upgrade HTTP/1.1 connections here,
+  so parsing resumes with a fresh parser on the bytes that followed.
+"""
+
+from __future__ import annotations
+
+import httptools
+
+from sleipnir.wire.h1 import H1Error, H1Handler, H1Limits, Headers, build_head
+
+
+class HttptoolsParser:
+    """``H1Parser`` over ``httptools.HttpRequestParser``."""
+
+    __slots__ = (
+        "_handler",
+        "_head_bytes",
+        "_headers",
+        "_in_head",
+        "_in_trailers",
+        "_limits",
+        "_max_head_bytes",
+        "_parser",
+        "_url",
+    )
+
+    def __init__(self, handler: H1Handler, limits: H1Limits) -> None:
+        self._handler = handler
+        self._limits = limits
+        self._max_head_bytes = limits.request_line_bytes + limits.header_block_bytes
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: Headers = []
+        self._in_head = False
+        self._in_trailers = False
+        self._head_bytes = 0
+
+    def head_in_progress(self) -> bool:
+        return self._in_head
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._restart(data[exc.args[0] :])
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, H1Error):
+                raise cause from None
+            raise
+        except httptools.HttpParserInvalidURLError as exc:
+            raise H1Error(400, "invalid request-target") from exc
+        except httptools.HttpParserError as exc:
+            raise H1Error(*_classify(str(exc))) from exc
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self._max_head_bytes:
+                raise H1Error(431, "request head too large")
+
+    def _restart(self, rest: bytes) -> None:
+        self._parser = httptools.HttpRequestParser(self)
+        if rest:
+            self.feed(rest)
+
+    # httptools callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._in_head = True
+        self._in_trailers = False
+        self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._limits.request_line_bytes:
+            raise H1Error(414, "request-target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_trailers:
+            return  # trailer fields are not passed to ASGI apps (RFC 9112 §7.1.2 allows it)
+        self._headers.append((name, value))
+        if len(self._headers) > self._limits.header_count:
+            raise H1Error(431, "too many header fields")
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        head = build_head(
+            parser.get_method().decode("ascii"),
+            self._url,
+            parser.get_http_version(),
+            self._headers,
+            self._limits,
+        )
+        self._in_head = False
+        self._in_trailers = True
+        self._handler.on_request(head)
+
+    def on_body(self, body: bytes) -> None:
+        self._handler.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._handler.on_complete()
+
+
+def _classify(message: str) -> tuple[int, str]:
+    """Map an llhttp error message to a status and a short reason."""
+    lowered = message.lower()
+    if "header overflow" in lowered or "header field too long" in lowered:
+        return 431, "request head too large"
+    if "version" in lowered:
+        return 400, "invalid HTTP version"
+    if "method" in lowered:
+        return 400, "invalid method"
+    return 400, message.rstrip(".") or "malformed request"

@@ -1,0 +1,196 @@
+"""HTTP/1.1 response serialization, shared by both parsers.
+
+``encode_head`` decides the body framing of a response (RFC 9112 §6) and produces its head.
+The caller writes the head together with the first body chunk, so a small response costs one
+``transport.write``.
+
+Invariants:
+- Status lines and the default header block are precomputed; per response we only join.
+- A header name must be a token and a value must not contain CR, LF or NUL (response
+  splitting); a violation raises ``ResponseHeaderError`` before a byte is written.
+- 1xx, 204 and 304 responses and responses to HEAD never carry a body; 1xx and 204 never carry
+  Content-Length or Transfer-Encoding (RFC 9110 §8.6, RFC 9112 §6.1).
+- HTTP/1.0 clients never see chunked encoding: a streamed body is close-delimited.
+"""
+
+from __future__ import annotations
+
+import re
+from http import HTTPStatus
+
+from sleipnir.wire.h1 import Headers
+
+FRAMING_NONE = 0  # no body may follow (HEAD, 1xx, 204, 304)
+FRAMING_LENGTH = 1  # Content-Length
+FRAMING_CHUNKED = 2  # Transfer-Encoding: chunked
+FRAMING_CLOSE = 3  # body ends when the connection closes (HTTP/1.0 streaming)
+
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+CRLF = b"\r\n"
+
+_TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_KNOWN_NAMES_MAX = 4096  # bound on the cache of validated header names
+
+
+class ResponseHeaderError(ValueError):
+    """The application's response head cannot be sent as is."""
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("ascii"))
+
+
+_STATUS_LINES = {status.value: _status_line(status.value) for status in HTTPStatus}
+_GOOD_NAMES: set[bytes] = set()
+
+# What the writer must look at among the application's headers, by lowercase name.
+_CONTENT_LENGTH = 1
+_TRANSFER_ENCODING = 2
+_CONNECTION = 3
+_DEFAULTED = 4
+_SPECIAL = {
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"connection": _CONNECTION,
+}
+
+
+class DefaultHeaders:
+    """The headers the server adds unless the application set them (server, date, --header)."""
+
+    __slots__ = ("block", "lines", "names")
+
+    def __init__(self, lines: list[tuple[bytes, bytes]]) -> None:
+        self.lines = [(name.lower(), b"%s: %s\r\n" % (name, value)) for name, value in lines]
+        self.names = frozenset(name for name, _ in self.lines)
+        self.block = b"".join(line for _, line in self.lines)
+
+    def without(self, names: set[bytes]) -> bytes:
+        return b"".join(line for name, line in self.lines if name not in names)
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        if not 100 <= status <= 999:
+            raise ResponseHeaderError(f"invalid status code {status!r}")
+        line = _status_line(status)
+    return line
+
+
+def _check_name(name: bytes) -> None:
+    if name not in _GOOD_NAMES:
+        if not _TOKEN_RE.fullmatch(name):
+            raise ResponseHeaderError(f"invalid header name {name!r}")
+        if len(_GOOD_NAMES) < _KNOWN_NAMES_MAX:
+            _GOOD_NAMES.add(name)
+
+
+def encode_head(
+    status: int,
+    headers: Headers,
+    defaults: DefaultHeaders,
+    *,
+    head_request: bool,
+    http10: bool,
+    keep_alive: bool,
+    final_body_len: int,
+) -> tuple[bytes, int, int, bool]:
+    """Serialize a response head; returns (head, framing, content_length, keep_alive).
+
+    ``final_body_len`` is the body length when the first body message is also the last,
+    else -1 (a streamed response). ``content_length`` is -1 unless framing is LENGTH.
+    """
+    parts = [status_line(status)]
+    content_length = -1
+    overridden: set[bytes] | None = None
+    default_names = defaults.names
+    lines = 0
+    for name, value in headers:
+        lname = name.lower()
+        kind = _SPECIAL.get(lname)
+        if kind is not None:
+            if kind == _CONTENT_LENGTH:
+                content_length = _parse_length(value)
+            elif kind == _CONNECTION:
+                keep_alive = keep_alive and b"close" not in value.lower()
+            continue  # framing and connection headers are ours to write
+        if lname in default_names:
+            overridden = overridden or set()
+            overridden.add(lname)
+        _check_name(name)
+        parts += (name, b": ", value, CRLF)
+        lines += 1
+    block = b"".join(parts)
+    if block.count(b"\n") != lines + 1 or block.count(b"\r") != lines + 1 or b"\0" in block:
+        raise ResponseHeaderError("CR, LF or NUL in a response header value")
+
+    framing, extra, keep_alive = _framing(
+        status, content_length, head_request, http10, keep_alive, final_body_len
+    )
+    if framing == FRAMING_LENGTH and content_length < 0:
+        content_length = final_body_len
+    default_block = defaults.block if overridden is None else defaults.without(overridden)
+    if not keep_alive:
+        extra += b"connection: close\r\n"
+    elif http10:
+        extra += b"connection: keep-alive\r\n"
+    return block + default_block + extra + CRLF, framing, content_length, keep_alive
+
+
+def _framing(
+    status: int,
+    content_length: int,
+    head_request: bool,
+    http10: bool,
+    keep_alive: bool,
+    final_body_len: int,
+) -> tuple[int, bytes, bool]:
+    """RFC 9112 §6.3: choose how the body is delimited; returns (framing, headers, keep_alive)."""
+    if status < 200 or status == 204:
+        return FRAMING_NONE, b"", keep_alive
+    if content_length >= 0:
+        header = b"content-length: %d\r\n" % content_length
+        no_body = head_request or status == 304
+        return (FRAMING_NONE if no_body else FRAMING_LENGTH), header, keep_alive
+    if status == 304:
+        return FRAMING_NONE, b"", keep_alive
+    if final_body_len >= 0:
+        if head_request and final_body_len == 0:
+            return FRAMING_NONE, b"", keep_alive
+        header = b"content-length: %d\r\n" % final_body_len
+        return (FRAMING_NONE if head_request else FRAMING_LENGTH), header, keep_alive
+    if head_request:
+        return FRAMING_NONE, b"", keep_alive
+    if http10:
+        return FRAMING_CLOSE, b"", False
+    return FRAMING_CHUNKED, b"transfer-encoding: chunked\r\n", keep_alive
+
+
+def _parse_length(value: bytes) -> int:
+    value = value.strip()
+    if not value.isdigit():
+        raise ResponseHeaderError(f"invalid content-length {value!r}")
+    return int(value)
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (RFC 9112 §7.1); empty data must not be chunked."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def simple_response(status: int, reason: str, defaults: DefaultHeaders) -> bytes:
+    """A complete short text response that closes the connection (errors, 408, 503)."""
+    body = f"{HTTPStatus(status).phrase}: {reason}\n".encode("latin-1", "replace")
+    return b"%scontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n%s%s\r\n%s" % (
+        status_line(status),
+        len(body),
+        defaults.block,
+        b"connection: close\r\n",
+        body,
+    )
