@@ -1,0 +1,1 @@
+"""Application modules imported by the importer and WSGI tests (as ``apps.<module>``)."""
