@@ -1,0 +1,1 @@
+"""Benchmark harness (bench/run); a package only so that its modules get unique names."""
