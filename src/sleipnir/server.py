@@ -86,7 +86,7 @@ class Server:
     async def _startup(self, sockets: Sequence[socket.socket] | None) -> None:
         config = self.config
         from sleipnir.importer import AppLoadError, load_app
-        from sleipnir.logging import AccessLog
+        from sleipnir.logging import TRACE_LOG_LEVEL, AccessLog, resolve_log_level
 
         _setup_logging(config)
         logger.info("Started server process [%d]", os.getpid())
@@ -102,7 +102,9 @@ class Server:
                 logger.error("Error loading the application:", exc_info=exc.__cause__ or exc)
             raise StartupError(str(exc)) from None
         access = AccessLog(config.access_log_format) if config.access_log else None
-        trace = config.log_level == "trace" or config.log_level == 5
+        trace = (
+            config.log_level is not None and resolve_log_level(config.log_level) <= TRACE_LOG_LEVEL
+        )
         ctx = AppContext(app, access, trace)
         state = self.state = self._make_state(ctx)
         lifespan = config.lifespan
@@ -221,7 +223,9 @@ class Server:
             logger.info("Waiting for %d in-flight request(s) to finish.", len(state.tasks))
         while state.tasks and not self.force_exit:
             if deadline is not None and loop.time() >= deadline:
-                logger.warning("Graceful shutdown timed out; cancelling %d request(s).", len(state.tasks))
+                logger.warning(
+                    "Graceful shutdown timed out; cancelling %d request(s).", len(state.tasks)
+                )
                 break
             await asyncio.sleep(MAIN_LOOP_TICK_S / 2)
         tasks = list(state.tasks)
@@ -266,17 +270,12 @@ class Server:
             yield
             return
         loop = asyncio.get_running_loop()
-        installed = []
         for sig in HANDLED_SIGNALS:
-            try:
-                loop.add_signal_handler(sig, self.handle_exit, sig, None)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError):  # pragma: no cover - not on Linux
-                signal.signal(sig, self.handle_exit)
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
         try:
             yield
         finally:
-            for sig in installed:
+            for sig in HANDLED_SIGNALS:
                 loop.remove_signal_handler(sig)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -296,11 +295,13 @@ def _choose_parser(http: str) -> str:
 
 
 def _ssl_context(config: Config) -> ssl.SSLContext | None:
-    if not config.ssl_certfile:
+    if not config.is_ssl:
         return None
     from sleipnir.transport.tls import TLSConfigError, create_ssl_context
 
-    try:
+    def default_factory() -> ssl.SSLContext:
+        if not config.ssl_certfile:
+            raise TLSConfigError("TLS needs --ssl-certfile")
         return create_ssl_context(
             certfile=config.ssl_certfile,
             keyfile=config.ssl_keyfile,
@@ -310,27 +311,24 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
             ca_certs=config.ssl_ca_certs,
             ciphers=config.ssl_ciphers,
         )
-    except TLSConfigError as exc:
-        raise StartupError(str(exc)) from None
+
+    try:
+        factory = config.ssl_context_factory
+        return factory(config, default_factory) if factory is not None else default_factory()
+    except (TLSConfigError, OSError, ValueError) as exc:
+        raise StartupError(f"TLS configuration error: {exc}") from None
 
 
 def _setup_logging(config: Config) -> None:
     from sleipnir.logging import LogConfigError, configure_logging
 
     try:
-        if config.log_config is None:
-            configure_logging(
-                log_level=config.log_level,
-                access_log=config.access_log,
-                use_colors=config.use_colors,
-            )
-        else:
-            configure_logging(
-                log_config=config.log_config,
-                log_level=config.log_level,
-                access_log=config.access_log,
-                use_colors=config.use_colors,
-            )
+        configure_logging(
+            log_config=config.log_config,
+            log_level=config.log_level,
+            access_log=config.access_log,
+            use_colors=config.use_colors,
+        )
     except LogConfigError as exc:
         raise StartupError(str(exc)) from None
 
@@ -343,7 +341,7 @@ def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
             if kind == "uvloop":
                 raise StartupError("--loop uvloop: uvloop is not installed") from None
         else:
-            return uvloop.new_event_loop  # type: ignore[no-any-return]
+            return uvloop.new_event_loop
     return asyncio.new_event_loop
 
 

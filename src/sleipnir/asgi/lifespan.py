@@ -68,20 +68,22 @@ class Lifespan:
         assert self._task is not None
         self._answer = asyncio.get_running_loop().create_future()
         await self._inbox.put(message)
+        waiting: list[asyncio.Future[Any]] = [self._answer, self._task]
         done, _ = await asyncio.wait(
-            [self._answer, self._task],
+            waiting,
             timeout=self._timeout_s,
             return_when=asyncio.FIRST_COMPLETED,
         )
         if self._answer in done:
-            answer = self._answer.result()
+            answer: Message = self._answer.result()
             if answer["type"].endswith(".failed"):
                 text = answer.get("message") or "no message given"
                 raise LifespanFailure(f"Application {self._phase} failed: {text}")
             return answer
         if not done:
             raise LifespanFailure(f"Application {self._phase} timed out after {self._timeout_s}s")
-        return self._app_exited()
+        self._app_exited()
+        return None
 
     def _app_exited(self) -> None:
         error = self._app_error
@@ -89,7 +91,7 @@ class Lifespan:
             self.supported = False
             if error is not None:
                 logger.info("ASGI 'lifespan' protocol appears unsupported.")
-            return None
+            return
         if error is not None:
             raise LifespanFailure(f"Application {self._phase} failed: {error!r}") from error
         raise LifespanFailure(f"Application returned during lifespan {self._phase}")

@@ -18,6 +18,7 @@ import asyncio
 import contextvars
 import sys
 from collections import deque
+from collections.abc import Coroutine
 from typing import Any, cast
 
 from sleipnir.asgi.http_cycle import BODY_HIGH_WATER_BYTES, ASGIError, HTTPCycle
@@ -25,9 +26,28 @@ from sleipnir.transport.state import ServerState
 from sleipnir.wire import h1_writer as w
 from sleipnir.wire.h1 import H1Error, H1Parser, Headers, RequestHead
 
-EAGER_TASKS = sys.version_info >= (3, 12)
 LINGER_S = 2.0  # how long to keep reading after an unread body before closing (RFC 9112 §9.6)
 FLUSH_BYTES = 65536  # gathered pipelined responses are written once they exceed this
+
+
+if sys.version_info >= (3, 12):
+
+    def _start_task(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None], fresh_context: bool
+    ) -> asyncio.Task[None]:
+        # Run the app until its first real suspension right here, instead of paying for a
+        # scheduled task step on every request (most responses complete without suspending).
+        context = contextvars.Context() if fresh_context else None
+        return asyncio.Task(coro, loop=loop, context=context, eager_start=True)
+
+else:
+
+    def _start_task(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None], fresh_context: bool
+    ) -> asyncio.Task[None]:
+        if fresh_context:
+            return contextvars.Context().run(loop.create_task, coro)
+        return loop.create_task(coro)
 
 
 def make_parser(kind: str, handler: Any, state: ServerState) -> H1Parser:
@@ -73,6 +93,10 @@ class H1Protocol(asyncio.Protocol):
         self._head_base: float | None = None  # when the next head's clock started
         self._last_request = False  # Connection: close or a refused request was seen
         self._pipeline_progress = False
+        self._in_feed = False
+        # The response is done but the request was still being parsed when it finished (an
+        # eagerly run app answers inside on_headers_complete): decide once the request ends.
+        self._response_finished = False
 
     # asyncio.Protocol ------------------------------------------------------------------------
 
@@ -88,7 +112,7 @@ class H1Protocol(asyncio.Protocol):
         host = self._client[0] if self._client else (peer or None)
         proxies = state.proxies
         self._proxies = proxies if proxies is not None and proxies.is_trusted(host) else None
-        self._client_label = "%s:%d" % self._client if self._client else "-"
+        self._client_label = f"{self._client[0]}:{self._client[1]}" if self._client else "-"
         # Nothing has arrived yet: the first request head must come within both timeouts.
         timeout = min(state.timeout_keep_alive_s, state.timeout_request_header_s)
         self._head_base = self._loop.time()
@@ -117,7 +141,9 @@ class H1Protocol(asyncio.Protocol):
             return None
         if self.cycle is None:
             if self.parser.head_in_progress():
-                self._send_error(H1Error(400, "connection closed in the middle of the request head"))
+                self._send_error(
+                    H1Error(400, "connection closed in the middle of the request head")
+                )
             return None  # idle: let the transport close
         return True  # a request is being served: answer it, then close
 
@@ -131,11 +157,16 @@ class H1Protocol(asyncio.Protocol):
             base = self._head_base if self._head_base is not None else self._loop.time()
             self.deadline = base + self._state.timeout_request_header_s
         self._out = []  # gather what eagerly run apps write during this read
+        self._in_feed = True
         try:
             self.parser.feed(data)
         except H1Error as exc:
             self._fail_request(exc)
         finally:
+            self._in_feed = False
+            if self._response_finished:
+                self._response_finished = False
+                self._after_response()
             self._flush()
 
     def pause_writing(self) -> None:
@@ -184,6 +215,9 @@ class H1Protocol(asyncio.Protocol):
         if target is not None:
             target.message_complete()
             self._body_target = None
+            if self._response_finished and target is self.cycle:
+                self._response_finished = False
+                self._after_response()
 
     # Scheduling cycles -----------------------------------------------------------------------
 
@@ -207,7 +241,7 @@ class H1Protocol(asyncio.Protocol):
             "extensions": {},
         }
         if self._proxies is not None:
-            self._proxies.apply(scope)
+            self._proxies.apply_trusted(scope)
         return scope
 
     def _start(self, cycle: HTTPCycle, head: RequestHead) -> None:
@@ -226,14 +260,7 @@ class H1Protocol(asyncio.Protocol):
             # Refuse before reading the body (RFC 9110 §15.5.14), then close.
             self._fail_request(H1Error(413, "declared request body larger than the limit"))
             return
-        coro = cycle.run()
-        context = contextvars.Context() if state.reset_contextvars else None
-        if EAGER_TASKS:
-            task = asyncio.Task(coro, loop=self._loop, context=context, eager_start=True)  # type: ignore[call-arg]
-        elif context is not None:
-            task = context.run(self._loop.create_task, coro)
-        else:
-            task = self._loop.create_task(coro)
+        task = _start_task(self._loop, cycle.run(), state.reset_contextvars)
         if not task.done():
             cycle.task = task
             state.tasks.add(task)
@@ -249,11 +276,21 @@ class H1Protocol(asyncio.Protocol):
 
     def _response_done(self) -> None:
         state = self._state
+        state.total_requests += 1
+        state.on_request_counted(state.total_requests)
+        cycle = self.cycle
+        assert cycle is not None
+        if self._in_feed and not cycle.request_complete:
+            self._response_finished = True
+            return
+        self._after_response()
+
+    def _after_response(self) -> None:
+        """The active response is complete: close, linger, or go on to the next request."""
+        state = self._state
         cycle = self.cycle
         assert cycle is not None
         self.cycle = None
-        state.total_requests += 1
-        state.on_request_counted(state.total_requests)
         if not self._keep_alive or self._eof or state.shutting_down:
             self._close()
             return

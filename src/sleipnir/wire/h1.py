@@ -136,7 +136,7 @@ def split_target(method: str, target: bytes) -> tuple[bytes, bytes, bytes | None
         target = match.group(3) or b"/"
     if b"#" in target:
         raise H1Error(400, "fragment in request-target")
-    path, sep, query = target.partition(b"?")
+    path, _, query = target.partition(b"?")
     return path, query, authority
 
 
