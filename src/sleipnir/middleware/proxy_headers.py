@@ -71,6 +71,8 @@ _HEADER_SLOTS: Final = {
     b"x-forwarded-port": _XF_PORT,
 }
 
+_HEADER_NAMES: Final = frozenset(_HEADER_SLOTS)
+
 _HTTP_SCHEMES: Final = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 _WS_SCHEMES: Final = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ws": 80, "wss": 443}
@@ -166,8 +168,12 @@ class TrustedProxies:
 
     def apply_trusted(self, scope: Scope) -> None:
         """:meth:`apply` for a peer the caller already found trusted (once per connection)."""
+        headers = scope["headers"]
+        # The common case (no forwarding header at all) costs one C-level pass, no Python loop.
+        if _HEADER_NAMES.isdisjoint(dict(headers)):
+            return
         found: dict[int, list[bytes]] | None = None
-        for name, value in scope["headers"]:
+        for name, value in headers:
             slot = _HEADER_SLOTS.get(name)
             if slot is not None:
                 if found is None:
