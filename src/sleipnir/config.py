@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import ssl
 import string
 from collections.abc import Callable
@@ -302,6 +303,11 @@ def check_value(setting: Setting, value: Any) -> Any:
     return _check_scalar(setting, value)
 
 
+# RFC 9110 §5.1 token and §5.5 field-value (sent as latin-1, so nothing above U+00FF).
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
 def _check_headers(setting: Setting, value: Any) -> list[tuple[str, str]]:
     if value is None:
         return []
@@ -317,10 +323,13 @@ def _check_headers(setting: Setting, value: Any) -> list[tuple[str, str]]:
         else:
             raise TypeError(f"headers items must be 'NAME:VALUE' or (name, value), not {item!r}")
         name, text = str(name).strip(), str(text).strip()
-        if not name or any(c in name for c in ' \t\r\n:"(),/;<=>?@[\\]{}'):
-            raise ValueError(f"invalid header name {name!r}")
-        if any(c in text for c in "\r\n\0"):
-            raise ValueError(f"header {name!r} value contains a line break or NUL")
+        if not _HEADER_NAME_RE.fullmatch(name):
+            raise ValueError(f"invalid header name {name!r}: it must be an RFC 9110 token")
+        if not _HEADER_VALUE_RE.fullmatch(text):
+            raise ValueError(
+                f"invalid value for header {name!r}: only visible latin-1 characters, "
+                "spaces and tabs are allowed"
+            )
         headers.append((name, text))
     return headers
 
