@@ -91,6 +91,7 @@ class HTTPCycle:
         "_ctx",
         "_final_delivered",
         "_headers",
+        "_peer_closed",
         "_started_at",
         "_state",
         "_status",
@@ -115,6 +116,7 @@ class HTTPCycle:
         self.buffered = 0
         self._complete = False
         self._final_delivered = False
+        self._peer_closed = False
         self.disconnected = False
         self.response_started = False
         self._waiter: asyncio.Future[None] | None = None
@@ -148,6 +150,13 @@ class HTTPCycle:
         self.disconnected = True
         self._wake()
 
+    def peer_closed(self) -> None:
+        """The client closed its side after the request (a close, or a half-close): receive()
+        reports http.disconnect once the body is delivered (as uvicorn does), while send()
+        still writes, so a half-closing client that waits can still read the response."""
+        self._peer_closed = True
+        self._wake()
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -166,7 +175,7 @@ class HTTPCycle:
                 self._final_delivered = True
                 message = dict(_EMPTY_BODY)
                 break
-            if self.disconnected or self._state == _DONE:
+            if self.disconnected or self._peer_closed or self._state == _DONE:
                 message = dict(_DISCONNECT)
                 break
             self._waiter = asyncio.get_running_loop().create_future()
@@ -201,9 +210,9 @@ class HTTPCycle:
             more = message.get("more_body", False)
             if not isinstance(body, (bytes, bytearray, memoryview)):
                 raise ASGIError(f"'body' must be bytes, got {type(body).__name__}")
-            if not more:
-                self._state = _DONE
             if self.disconnected:
+                if not more:
+                    self._state = _DONE
                 return
             if not self.response_started:
                 self.stream.start_response(self, self._status, self._headers, bytes(body), not more)
@@ -212,6 +221,9 @@ class HTTPCycle:
                 self.stream.send_body(self, bytes(body), not more)
             self._bytes_sent += len(body)
             if not more:
+                # Only once the stream took the last message: if it refused it (a body longer
+                # than Content-Length), _fail must still abort the unfinished response.
+                self._state = _DONE
                 self._finish()
             elif self.stream.write_paused:
                 await self.stream.drain()
@@ -251,7 +263,12 @@ class HTTPCycle:
             if not isinstance(exc, Exception):
                 raise
         else:
-            if self._state != _DONE:
+            if self._state != _DONE and not self.disconnected:
+                if self._peer_closed:
+                    # An app that stops once told the client left is not at fault (uvicorn is
+                    # silent too); the half-open connection must still end.
+                    self.stream.abort(self)
+                    return
                 what = "starting" if self._state == _START else "completing"
                 logger.error("ASGI application returned without %s the response", what)
                 self._fail()
@@ -290,11 +307,24 @@ def _check_status(status: object) -> int:
 
 
 def _check_headers(headers: Any) -> Headers:
+    # Type checks, not bytes(): bytes(3) is three NULs, bytes([104, 105]) is b"hi", and
+    # iterating a dict unpacks its keys' characters.
     try:
-        checked = [(bytes(name), bytes(value)) for name, value in headers]
+        checked = [
+            (name, value)
+            if type(name) is bytes and type(value) is bytes
+            else (_bytes_like(name), _bytes_like(value))
+            for name, value in headers
+        ]
     except (TypeError, ValueError) as exc:
         raise ASGIError(f"'headers' must be an iterable of [bytes, bytes] pairs: {exc}") from exc
     return checked
+
+
+def _bytes_like(item: object) -> bytes:
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item)
+    raise TypeError(f"got {type(item).__name__}")
 
 
 def _trace(direction: str, scope: Scope, message: Message) -> None:

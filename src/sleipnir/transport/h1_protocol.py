@@ -145,6 +145,7 @@ class H1Protocol(asyncio.Protocol):
                     H1Error(400, "connection closed in the middle of the request head")
                 )
             return None  # idle: let the transport close
+        self.cycle.peer_closed()  # an app waiting for the client to go away learns it did
         return True  # a request is being served: answer it, then close
 
     def data_received(self, data: bytes) -> None:
@@ -323,15 +324,18 @@ class H1Protocol(asyncio.Protocol):
     ) -> None:
         head = self._head
         assert head is not None and cycle is self.cycle
-        data, framing, length, keep_alive = w.encode_head(
-            status,
-            headers,
-            self._defaults(),
-            head_request=head.method == "HEAD",
-            http10=head.http_version == "1.0",
-            keep_alive=self._keep_alive and not self._eof and not self._state.shutting_down,
-            final_body_len=len(body) if end else -1,
-        )
+        try:
+            data, framing, length, keep_alive = w.encode_head(
+                status,
+                headers,
+                self._defaults(),
+                head_request=head.method == "HEAD",
+                http10=head.http_version == "1.0",
+                keep_alive=self._keep_alive and not self._eof and not self._state.shutting_down,
+                final_body_len=len(body) if end else -1,
+            )
+        except w.ResponseHeaderError as exc:  # logged as what it is: a bad ASGI message
+            raise ASGIError(f"refused response head: {exc}") from None
         if framing == w.FRAMING_LENGTH and len(body) > length:
             raise ASGIError("response body longer than its Content-Length")
         self._framing = framing
@@ -433,13 +437,21 @@ class H1Protocol(asyncio.Protocol):
         elif cycle is target:
             self._close()
         else:
+            if target is not None and self._pipeline and self._pipeline[-1][0] is target:
+                # A pipelined request refused before it started: the error answers it.
+                self._pipeline.pop()
             self._pending_error = exc
             self._last_request = True
 
     def _send_error(self, exc: H1Error) -> None:
         self._state.log_bad_request(self._client_label, exc.status, exc.reason)
         self._write(w.simple_response(exc.status, exc.reason, self._defaults()))
-        self._close()
+        if exc.status == 413 and not self._eof:
+            # The client is likely still sending the body: closing now, with its bytes unread,
+            # would reset the connection and lose the 413 (RFC 9112 §9.6). Read and discard.
+            self._linger()
+        else:
+            self._close()
 
     def _linger(self) -> None:
         """Stop serving but keep reading (and discarding) for a while, so that closing with
