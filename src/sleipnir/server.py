@@ -6,9 +6,15 @@ Invariants:
 - Startup failures (app import, lifespan, bind, TLS) are logged as one line (a traceback only
   for an exception raised inside the app's own module) and leave ``started`` False; ``run``
   turns that into exit code 3.
+- Startup order: logging, app import, TLS context, lifespan startup, listen. When listening
+  fails after lifespan startup succeeded, lifespan shutdown still runs (as uvicorn).
 - Shutdown order: stop accepting, close idle connections, let in-flight requests finish within
   ``timeout_graceful_shutdown`` (a second signal ends the wait), cancel what is left, close the
-  remaining connections, then lifespan shutdown.
+  remaining connections, then lifespan shutdown (skipped after a forced exit, as uvicorn).
+- Exit status of ``run`` (and the CLI): 0 after a signal or ``limit_max_requests``; 3 when
+  startup failed or lifespan shutdown failed (uvicorn only logs the latter; a supervisor
+  should see it). A second SIGINT (SIGTERM does not force) ends the wait at once.
+- Signal handlers are installed only in the main thread, and the ones found are put back.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ class Server:
         self.servers: list[asyncio.base_events.Server] = []
         self.state: ServerState | None = None
         self._lifespan: Lifespan | None = None
+        self._app_started = False  # lifespan startup succeeded: the app expects a shutdown
         self._bound_here: list[socket.socket] = []
         self.shutdown_failed = False
 
@@ -80,6 +87,7 @@ class Server:
             self.started = True
             await self._main_loop()
             await self._shutdown()
+            logger.info("Finished server process [%d]", os.getpid())
 
     # Startup ---------------------------------------------------------------------------------
 
@@ -106,6 +114,8 @@ class Server:
             config.log_level is not None and resolve_log_level(config.log_level) <= TRACE_LOG_LEVEL
         )
         ctx = AppContext(app, access, trace)
+        # Before lifespan startup (as uvicorn): a TLS setting error must not start the app.
+        ssl_context = _ssl_context(config)
         state = self.state = self._make_state(ctx)
         lifespan = config.lifespan
         if lifespan == "auto" and config.interface == "wsgi":
@@ -115,7 +125,8 @@ class Server:
             await self._lifespan.startup()
         except LifespanFailure as exc:
             raise StartupError(str(exc)) from None
-        await self._listen(state, sockets)
+        self._app_started = True
+        await self._listen(state, sockets, ssl_context)
         state.clock.start()
 
     def _make_state(self, ctx: AppContext) -> ServerState:
@@ -164,9 +175,13 @@ class Server:
 
         return counted
 
-    async def _listen(self, state: ServerState, sockets: Sequence[socket.socket] | None) -> None:
+    async def _listen(
+        self,
+        state: ServerState,
+        sockets: Sequence[socket.socket] | None,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
         config = self.config
-        ssl_context = _ssl_context(config)
         scheme = "https" if ssl_context is not None else "http"
         if sockets is None:
             spec = BindSpec(config.host, config.port, config.uds, config.fd, config.backlog)
@@ -250,7 +265,10 @@ class Server:
     async def _close_after_failed_startup(self) -> None:
         for server in self.servers:
             server.close()
-        if self._lifespan is not None:
+        if self._app_started:
+            # Listening failed after the app started: let it clean up, as uvicorn does.
+            await self._stop_lifespan()
+        elif self._lifespan is not None:
             await self._lifespan.close()
         self._remove_uds()
 
@@ -270,6 +288,9 @@ class Server:
             yield
             return
         loop = asyncio.get_running_loop()
+        # remove_signal_handler() resets to the default disposition: put back what an embedding
+        # program had installed instead, as uvicorn does.
+        original = {sig: signal.getsignal(sig) for sig in HANDLED_SIGNALS}
         for sig in HANDLED_SIGNALS:
             loop.add_signal_handler(sig, self.handle_exit, sig, None)
         try:
@@ -277,6 +298,8 @@ class Server:
         finally:
             for sig in HANDLED_SIGNALS:
                 loop.remove_signal_handler(sig)
+                if original[sig] is not None:
+                    signal.signal(sig, original[sig])
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.should_exit and sig == signal.SIGINT:

@@ -6,6 +6,9 @@ Invariants:
 - ``mode="auto"``: an app that raises or returns before answering startup is taken to not
   support lifespan, and serving goes on. ``mode="on"``: that is a startup failure.
 - ``*.failed`` messages are failures in both modes; failures raise ``LifespanFailure``.
+- Once startup is complete, an app that returns has nothing left to shut down: shutdown is
+  complete (as uvicorn). An exception from it is logged with its traceback when it happens,
+  and shutdown then fails.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Lifespan:
         self._phase = "startup"
         self.supported = mode != "off"
         self._app_error: BaseException | None = None
+        self._started = False  # the app answered startup.complete: it speaks lifespan
 
     async def startup(self) -> None:
         if not self.supported:
@@ -59,12 +63,12 @@ class Lifespan:
             return
         self._phase = "shutdown"
         logger.info("Waiting for application shutdown.")
-        answer = await self._exchange({"type": "lifespan.shutdown"})
-        if answer is not None:
-            logger.info("Application shutdown complete.")
+        await self._exchange({"type": "lifespan.shutdown"})  # None: returned, nothing to do
+        logger.info("Application shutdown complete.")
 
     async def _exchange(self, message: Message) -> Message | None:
-        """Send one event and wait for its answer; None means lifespan is unsupported."""
+        """Send one event and wait for its answer; None means the app returned without one
+        (at startup in auto mode: lifespan unsupported; after startup: nothing to shut down)."""
         assert self._task is not None
         self._answer = asyncio.get_running_loop().create_future()
         await self._inbox.put(message)
@@ -94,6 +98,8 @@ class Lifespan:
             return
         if error is not None:
             raise LifespanFailure(f"Application {self._phase} failed: {error!r}") from error
+        if self._started:
+            return
         raise LifespanFailure(f"Application returned during lifespan {self._phase}")
 
     async def _run(self, scope: dict[str, Any]) -> None:
@@ -101,7 +107,7 @@ class Lifespan:
             await self._app(scope, self._receive, self._send)
         except Exception as exc:
             self._app_error = exc
-            if self._mode == "on" or self._phase == "shutdown":
+            if self._mode == "on" or self._started:
                 logger.error("Exception in 'lifespan' protocol", exc_info=exc)
 
     async def _receive(self) -> Message:
@@ -112,6 +118,8 @@ class Lifespan:
         mtype = message.get("type", "")
         if not mtype.startswith(expected) or mtype[len(expected) :] not in ("complete", "failed"):
             raise RuntimeError(f"unexpected ASGI lifespan message {mtype!r}")
+        if mtype == "lifespan.startup.complete":
+            self._started = True
         if self._answer is not None and not self._answer.done():
             self._answer.set_result(message)
 
