@@ -109,7 +109,8 @@ class H1Protocol(asyncio.Protocol):
         self._client = _address(peer)
         self._server = _address(sock) or ((sock, None) if isinstance(sock, str) else None)
         self._scheme = "https" if transport.get_extra_info("sslcontext") else "http"
-        host = self._client[0] if self._client else (peer or None)
+        # A unix-socket peer has no address: the socket path is what --forwarded-allow-ips names.
+        host = self._client[0] if self._client else (sock if isinstance(sock, str) else None)
         proxies = state.proxies
         self._proxies = proxies if proxies is not None and proxies.is_trusted(host) else None
         self._client_label = f"{self._client[0]}:{self._client[1]}" if self._client else "-"
@@ -144,6 +145,7 @@ class H1Protocol(asyncio.Protocol):
                 self._send_error(
                     H1Error(400, "connection closed in the middle of the request head")
                 )
+            self._flush()  # gathered pipelined responses go out before asyncio closes
             return None  # idle: let the transport close
         self.cycle.peer_closed()  # an app waiting for the client to go away learns it did
         return True  # a request is being served: answer it, then close
@@ -292,7 +294,8 @@ class H1Protocol(asyncio.Protocol):
         cycle = self.cycle
         assert cycle is not None
         self.cycle = None
-        if not self._keep_alive or self._eof or state.shutting_down:
+        # After the client's EOF, requests it sent before it are still answered (RFC 9112 §9.6).
+        if not self._keep_alive or state.shutting_down or (self._eof and not self._pipeline):
             self._close()
             return
         if not cycle.request_complete:
@@ -331,7 +334,9 @@ class H1Protocol(asyncio.Protocol):
                 self._defaults(),
                 head_request=head.method == "HEAD",
                 http10=head.http_version == "1.0",
-                keep_alive=self._keep_alive and not self._eof and not self._state.shutting_down,
+                keep_alive=self._keep_alive
+                and not self._state.shutting_down
+                and not (self._eof and not self._pipeline),
                 final_body_len=len(body) if end else -1,
             )
         except w.ResponseHeaderError as exc:  # logged as what it is: a bad ASGI message
