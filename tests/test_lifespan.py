@@ -301,3 +301,13 @@ def test_lifespan_task_crashing_after_startup_is_logged_and_exits_3() -> None:
     assert error_lines(srv.output)[-1] == (
         "ERROR:    Application shutdown failed: RuntimeError('lifespan task crashed')"
     )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_during_a_hanging_startup_exits_3_at_once(sig: int) -> None:
+    # uvicorn waits for ever here; an operator's Ctrl+C or a pod's SIGTERM must work.
+    srv = start_cli(f"{APPS}:startup_hangs", "--port", "0", "--timeout-lifespan", "60")
+    srv.wait_output("Waiting for application startup")
+    code = srv.stop(sig, timeout=10)
+    assert code == 3, srv.output
+    assert "Startup interrupted by a signal" in srv.output

@@ -122,12 +122,23 @@ class Server:
             lifespan = "off"
         self._lifespan = Lifespan(app, lifespan, state.lifespan_state, config.timeout_lifespan)
         try:
-            await self._lifespan.startup()
+            await self._until_signal(self._lifespan.startup())
         except LifespanFailure as exc:
             raise StartupError(str(exc)) from None
         self._app_started = True
         await self._listen(state, sockets, ssl_context)
         state.clock.start()
+
+    async def _until_signal(self, step: Coroutine[Any, Any, None]) -> None:
+        """Run a startup step; a SIGINT/SIGTERM meanwhile abandons startup (exit 3)."""
+        task = asyncio.ensure_future(step)
+        while not task.done():
+            await asyncio.wait([task], timeout=MAIN_LOOP_TICK_S)
+            if self.should_exit and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                raise StartupError("Startup interrupted by a signal")
+        task.result()
 
     def _make_state(self, ctx: AppContext) -> ServerState:
         config = self.config
