@@ -234,6 +234,7 @@ class Server:
             if isinstance(conn, H1Protocol):
                 conn.transport.close()
         state.clock.stop()
+        state.bad_request_log.flush()  # report what the rate limit held back
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), MAIN_LOOP_TICK_S)

@@ -53,8 +53,8 @@ class ServerState:
         self.tasks: set[asyncio.Task[None]] = set()
         self.total_requests = 0
         self.shutting_down = False
-        self._bad_log = RateLimitedLog(logger)
+        self.bad_request_log = RateLimitedLog(logger)
 
     def log_bad_request(self, client: str, status: int, reason: str) -> None:
         """One line per malformed request, rate-limited per status."""
-        self._bad_log.log(f"bad-request-{status}", "%s - %d: %s", client, status, reason)
+        self.bad_request_log.log(f"bad-request-{status}", "%s - %d: %s", client, status, reason)
