@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,6 +32,8 @@ logger = logging.getLogger("sleipnir.error")
 
 # Above this many unread body bytes the connection stops reading until the app receives.
 BODY_HIGH_WATER_BYTES = 65536
+# pathsend reads the file in pieces of this size (one executor round trip each).
+PATHSEND_CHUNK_BYTES = 256 * 1024
 
 _START = 0
 _BODY = 1
@@ -227,6 +230,10 @@ class HTTPCycle:
                 self._finish()
             elif self.stream.write_paused:
                 await self.stream.drain()
+        elif (
+            self._state == _BODY and mtype == "http.response.pathsend" and not self.response_started
+        ):
+            await self._send_path(message.get("path"))
         elif self._state == _START and mtype == "http.response.start":
             self._status = _check_status(message.get("status"))
             self._headers = _check_headers(message.get("headers", ()))
@@ -236,6 +243,31 @@ class HTTPCycle:
         else:
             expected = "http.response.start" if self._state == _START else "http.response.body"
             raise ASGIError(f"expected ASGI message {expected!r}, got {mtype!r}")
+
+    async def _send_path(self, path: object) -> None:
+        """ASGI pathsend extension: the file at ``path`` is the whole response body.
+
+        Reads happen in the default executor, so a slow disk never blocks the loop; each chunk
+        goes through ``send`` like an app's body message (framing, flow control, access log).
+        """
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise ASGIError(f"'path' must be an absolute path string, got {path!r}")
+        loop = asyncio.get_running_loop()
+        file = await loop.run_in_executor(None, open, path, "rb")
+        try:
+            data = await loop.run_in_executor(None, file.read, PATHSEND_CHUNK_BYTES)
+            while True:
+                following = b""
+                if len(data) == PATHSEND_CHUNK_BYTES:
+                    following = await loop.run_in_executor(None, file.read, PATHSEND_CHUNK_BYTES)
+                await self.send(
+                    {"type": "http.response.body", "body": data, "more_body": bool(following)}
+                )
+                if not following or self.disconnected:
+                    return
+                data = following
+        finally:
+            file.close()
 
     def _finish(self) -> None:
         self._wake()

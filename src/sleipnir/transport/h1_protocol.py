@@ -227,7 +227,7 @@ class H1Protocol(asyncio.Protocol):
     def _scope(self, head: RequestHead) -> dict[str, Any]:
         state = self._state
         root = state.root_path
-        scope = {
+        scope: dict[str, Any] = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
             "http_version": head.http_version,
@@ -241,7 +241,7 @@ class H1Protocol(asyncio.Protocol):
             "query_string": head.query_string,
             "headers": head.headers,
             "state": state.lifespan_state.copy(),
-            "extensions": {},
+            "extensions": {"http.response.pathsend": {}},
         }
         if self._proxies is not None:
             self._proxies.apply_trusted(scope)
