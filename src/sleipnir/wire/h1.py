@@ -68,7 +68,9 @@ class RequestHead:
     ) -> None:
         self.method = method
         self.raw_path = raw_path
-        self.path = decode_path(raw_path)
+        self.path = (
+            raw_path.decode("utf-8", "replace") if b"%" not in raw_path else decode_path(raw_path)
+        )
         self.query_string = query_string
         self.http_version = http_version
         self.headers = headers
@@ -108,10 +110,12 @@ _HOST_RE = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?",
 )
 _CONTENT_LENGTH_RE = re.compile(rb"[0-9]+")
-# A header value may hold any visible octet, SP, HTAB and obs-text; never CR, LF or NUL.
-_BAD_VALUE_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# A header value may hold any visible octet, SP, HTAB and obs-text (RFC 9110 §5.5).
+# llhttp refuses the rest itself; the h11 path checks with this (h11 lets some CTLs through).
+BAD_VALUE_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _ABSOLUTE_RE = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)([^#]*)")
 _MAX_CONTENT_LENGTH = 1 << 62
+_MAX_CONTENT_LENGTH_DIGITS = 19  # len(str(1 << 62)); h11 refuses more than 20 itself
 
 
 def split_target(method: str, target: bytes) -> tuple[bytes, bytes, bytes | None]:
@@ -131,9 +135,12 @@ def split_target(method: str, target: bytes) -> tuple[bytes, bytes, bytes | None
         if match is None or match.group(1).lower() not in (b"http", b"https"):
             raise H1Error(400, "invalid request-target")
         authority = match.group(2)
-        if not authority or b"@" in authority:
+        # No userinfo (RFC 9110 §4.2.4): _HOST_RE has no "@".
+        if not authority or not _HOST_RE.fullmatch(authority):
             raise H1Error(400, "invalid authority in absolute-form target")
-        target = match.group(3) or b"/"
+        target = match.group(3)
+        if target[:1] != b"/":
+            target = b"/" + target  # "http://h?q": an empty path is "/" (RFC 3986 §6.2.3)
     if b"#" in target:
         raise H1Error(400, "fragment in request-target")
     path, _, query = target.partition(b"?")
@@ -141,16 +148,21 @@ def split_target(method: str, target: bytes) -> tuple[bytes, bytes, bytes | None
 
 
 def _check_content_length(values: list[bytes]) -> None:
-    """RFC 9110 §8.6 / RFC 9112 §6.3(5): digits only; repeated values must agree."""
-    seen = set()
-    for value in values:
-        for item in value.split(b","):
-            item = item.strip(b" \t")
-            if not _CONTENT_LENGTH_RE.fullmatch(item) or int(item) > _MAX_CONTENT_LENGTH:
-                raise H1Error(400, "invalid Content-Length")
-            seen.add(int(item))
-    if len(seen) > 1:
-        raise H1Error(400, "conflicting Content-Length values")
+    """RFC 9110 §8.6 / RFC 9112 §6.3(5): exactly one value, digits only.
+
+    §8.6 lets a recipient merge repeated identical values ("5, 5" or two fields); llhttp
+    refuses them outright, so both parsers refuse them (400) rather than disagree.
+    """
+    if len(values) > 1 or b"," in values[0]:
+        raise H1Error(400, "more than one Content-Length value")
+    value = values[0]
+    # The length check keeps int() away from huge digit strings.
+    if (
+        len(value) > _MAX_CONTENT_LENGTH_DIGITS
+        or not _CONTENT_LENGTH_RE.fullmatch(value)
+        or int(value) > _MAX_CONTENT_LENGTH
+    ):
+        raise H1Error(400, "invalid Content-Length")
 
 
 def _check_transfer_encoding(values: list[bytes], http_version: str) -> None:
@@ -177,6 +189,21 @@ def _other_version(http_version: str) -> str:
     raise H1Error(505, "unsupported HTTP version")
 
 
+# Request header names build_head must look at, by lowercase name.
+_HOST = 1
+_CONTENT_LENGTH = 2
+_TRANSFER_ENCODING = 3
+_CONNECTION = 4
+_EXPECT = 5
+_SPECIAL = {
+    b"host": _HOST,
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"connection": _CONNECTION,
+    b"expect": _EXPECT,
+}
+
+
 def build_head(
     method: str,
     target: bytes,
@@ -184,45 +211,59 @@ def build_head(
     raw_headers: Headers,
     limits: H1Limits,
 ) -> RequestHead:
-    """Validate a parsed request head and derive what the server needs (RFC 9112)."""
+    """Validate a parsed request head and derive what the server needs (RFC 9112).
+
+    This runs once per request on the hot path: one pass over the headers, a dict lookup per
+    name, and the rare cases (absolute-form, odd versions, framing headers) off the main line.
+    """
     if len(target) > limits.request_line_bytes:
         raise H1Error(414, "request-target too long")
     if len(raw_headers) > limits.header_count:
         raise H1Error(431, "too many header fields")
-    if http_version not in ("1.1", "1.0"):
+    if http_version != "1.1" and http_version != "1.0":
         http_version = _other_version(http_version)
-    raw_path, query, authority = split_target(method, target)
+    if target[:1] == b"/" and b"#" not in target:
+        raw_path, _, query = target.partition(b"?")
+        authority = None
+    else:
+        raw_path, query, authority = split_target(method, target)
 
     headers: Headers = []
-    hosts: list[bytes] = []
-    lengths: list[bytes] = []
-    codings: list[bytes] = []
+    host = None
+    hosts = 0
+    lengths: list[bytes] | None = None
+    codings: list[bytes] | None = None
     connection = b""
     expect = b""
     size = 0
+    special = _SPECIAL
     for name, value in raw_headers:
-        size += len(name) + len(value) + 4
+        size += len(name) + len(value)
         name = name.lower()
         value = value.strip(b" \t")
-        if _BAD_VALUE_RE.search(value):
-            raise H1Error(400, "invalid character in a header value")
-        if name == b"host":
-            hosts.append(value)
-        elif name == b"content-length":
-            lengths.append(value)
-        elif name == b"transfer-encoding":
-            codings.append(value)
-        elif name == b"connection":
-            connection = connection + b"," + value.lower() if connection else value.lower()
-        elif name == b"expect":
-            expect = value.lower()
+        kind = special.get(name)
+        if kind is not None:
+            if kind == _HOST:
+                host = value
+                hosts += 1
+            elif kind == _CONTENT_LENGTH:
+                lengths = [*lengths, value] if lengths else [value]
+            elif kind == _TRANSFER_ENCODING:
+                codings = [*codings, value] if codings else [value]
+            elif kind == _CONNECTION:
+                connection = connection + b"," + value.lower() if connection else value.lower()
+            else:
+                expect = value.lower()
         headers.append((name, value))
 
-    if size > limits.header_block_bytes:
+    if size + 4 * len(raw_headers) > limits.header_block_bytes:
         raise H1Error(431, "request header block too large")
-    if http_version == "1.1" and len(hosts) != 1:
-        raise H1Error(400, "missing Host header" if not hosts else "more than one Host header")
-    if hosts and (len(hosts) > 1 or not _HOST_RE.fullmatch(hosts[0])):
+    if hosts != 1:
+        if hosts > 1:
+            raise H1Error(400, "more than one Host header")
+        if http_version == "1.1":
+            raise H1Error(400, "missing Host header")
+    elif not _HOST_RE.fullmatch(host):  # type: ignore[arg-type]
         raise H1Error(400, "invalid Host header")
     if authority is not None:
         # RFC 9112 §3.2.2: the target's authority wins over any Host field.
@@ -237,11 +278,14 @@ def build_head(
     elif lengths:
         _check_content_length(lengths)
 
-    tokens = {t.strip() for t in connection.split(b",")} if connection else set()
-    if http_version == "1.1":
-        keep_alive = b"close" not in tokens
+    if connection:
+        tokens = {t.strip() for t in connection.split(b",")}
+        if http_version == "1.1":
+            keep_alive = b"close" not in tokens
+        else:
+            keep_alive = b"keep-alive" in tokens and b"close" not in tokens
     else:
-        keep_alive = b"keep-alive" in tokens and b"close" not in tokens
+        keep_alive = http_version == "1.1"
     # RFC 9110 §10.1.1: a server MUST ignore 100-continue from an HTTP/1.0 client.
     expect_continue = expect == b"100-continue" and http_version == "1.1"
     return RequestHead(method, raw_path, query, http_version, headers, keep_alive, expect_continue)

@@ -9,6 +9,8 @@ the response logic stays in one place.
 Invariants:
 - Every head goes through ``h1.build_head`` before the handler sees it.
 - h11's own buffer limit (``max_incomplete_event_size``) bounds an unfinished head.
+- Where h11 is more lenient than llhttp (LF-only lines, obs-fold, chunk lines), the extra
+  checks here refuse what llhttp refuses, so both parsers answer the same.
 """
 
 from __future__ import annotations
@@ -17,16 +19,23 @@ import re
 
 import h11
 
-from sleipnir.wire.h1 import H1Error, H1Handler, H1Limits, RequestHead, build_head
+from sleipnir.wire.h1 import (
+    BAD_VALUE_RE,
+    H1Error,
+    H1Handler,
+    H1Limits,
+    Headers,
+    RequestHead,
+    build_head,
+)
 
 CHUNK_LINE_MAX_BYTES = 4096  # a chunk-size line with its extensions, or one trailer line
 # RFC 9112 §7.1 and §7.1.1: chunk-size [ chunk-ext ] CRLF, where chunk-ext is
 # *( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] ). h11 accepts ";.*".
+# BWS is refused, as llhttp refuses it (h11 itself refuses it before the first ";").
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
-_CHUNK_LINE_RE = re.compile(
-    rb"[0-9A-Fa-f]+(?:[ \t]*;[ \t]*%s(?:[ \t]*=[ \t]*(?:%s|%s))?)*\r\n" % (_TOKEN, _TOKEN, _QUOTED)
-)
+_CHUNK_LINE_RE = re.compile(rb"[0-9A-Fa-f]+(?:;%s(?:=(?:%s|%s))?)*\r\n" % (_TOKEN, _TOKEN, _QUOTED))
 
 
 class ChunkedFramingCheck:
@@ -86,10 +95,84 @@ class ChunkedFramingCheck:
             self._state, self._need = self._DATA, size
 
 
+class HeadCheck:
+    """Follows the bytes of a request head that h11 is also parsing.
+
+    h11 accepts LF-only line endings and obs-fold (RFC 9112 §2.2 and §5.2 allow either); llhttp
+    refuses both, so this refuses them too (400) and the two parsers agree. It keeps the head's
+    lines until the head is parsed, so that an h11 refusal can be classified by ``build_head``.
+    """
+
+    __slots__ = ("_partial", "done", "lines")
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self._partial = bytearray()
+        self.done = False
+
+    @property
+    def started(self) -> bool:
+        """Bytes of the head have arrived (h11's buffer is not empty)."""
+        return bool(self.lines or self._partial)
+
+    def feed(self, data: bytes) -> None:
+        pos = 0
+        while not self.done:
+            end = data.find(b"\n", pos)
+            if end < 0:
+                self._partial += data[pos:]
+                return
+            line = bytes(self._partial) + data[pos:end] if self._partial else data[pos:end]
+            self._partial.clear()
+            pos = end + 1
+            if not line.endswith(b"\r"):
+                raise H1Error(400, "LF without CR in the request head")
+            line = line[:-1]
+            if not line:
+                self.done = True
+            elif self.lines and line[:1] in (b" ", b"\t"):
+                raise H1Error(400, "obs-fold line in the request head")
+            else:
+                self.lines.append(line)
+
+
+def _fields(lines: list[bytes]) -> Headers:
+    """The raw (name, value) fields of a head h11 has validated, as llhttp reports them: h11
+    merges repeated Content-Length fields and lowercases Transfer-Encoding, build_head must
+    see them as sent."""
+    fields = []
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        fields.append((name, value))
+    return fields
+
+
+def _refusal(lines: list[bytes], limits: H1Limits) -> H1Error | None:
+    """What ``build_head`` says about a complete head that h11 refused (None: no objection)."""
+    parts = lines[0].split(b" ") if lines else []
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+        return None
+    fields = _fields(lines)
+    try:
+        build_head(parts[0].decode("latin-1"), parts[1], parts[2][5:].decode(), fields, limits)
+    except (H1Error, UnicodeDecodeError) as exc:
+        return exc if isinstance(exc, H1Error) else None
+    return None
+
+
 class H11Parser:
     """``H1Parser`` over ``h11.Connection`` (server side, reading only)."""
 
-    __slots__ = ("_chunked", "_conn", "_handler", "_limits", "_max_event_bytes")
+    __slots__ = (
+        "_chunked",
+        "_closed",
+        "_conn",
+        "_handler",
+        "_head_check",
+        "_keep_alive",
+        "_limits",
+        "_max_event_bytes",
+    )
 
     def __init__(self, handler: H1Handler, limits: H1Limits) -> None:
         self._handler = handler
@@ -97,10 +180,16 @@ class H11Parser:
         self._max_event_bytes = limits.h11_max_incomplete_event_bytes or (
             limits.request_line_bytes + limits.header_block_bytes
         )
+        self._head_check = HeadCheck()
         self._conn = self._new_connection()
         self._chunked: ChunkedFramingCheck | None = None
+        self._keep_alive = True
+        # After a request that ends the connection (Connection: close, HTTP/1.0 without
+        # keep-alive) nothing more is parsed (RFC 9112 §9.6); llhttp refuses such data itself.
+        self._closed = False
 
     def _new_connection(self) -> h11.Connection:
+        self._head_check = HeadCheck()
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_event_bytes)
 
     def head_in_progress(self) -> bool:
@@ -108,12 +197,16 @@ class H11Parser:
         return conn.their_state is h11.IDLE and bool(conn.trailing_data[0].strip(b"\r\n"))
 
     def feed(self, data: bytes) -> None:
+        if self._closed:
+            return
         conn = self._conn
-        if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
-            # RFC 9112 §2.2: ignore empty lines received before a request-line.
-            data = data.lstrip(b"\r\n")
-            if not data:
-                return
+        if conn.their_state is h11.IDLE:
+            if not self._head_check.started:
+                # RFC 9112 §2.2: ignore empty lines received before a request-line.
+                data = data.lstrip(b"\r\n")
+                if not data:
+                    return
+            self._head_check.feed(data)
         if self._chunked is not None:
             self._chunked.feed(data)
         conn.receive_data(data)
@@ -135,8 +228,10 @@ class H11Parser:
                 rest = self._conn.trailing_data[0].lstrip(b"\r\n")
                 self._conn = self._new_connection()
                 self._chunked = None
+                self._closed = not self._keep_alive
                 self._handler.on_complete()
-                if rest:
+                if rest and not self._closed:
+                    self._head_check.feed(rest)
                     self._conn.receive_data(rest)
             else:  # h11.ConnectionClosed: the transport reports the EOF itself
                 return
@@ -146,12 +241,16 @@ class H11Parser:
             event.method.decode("ascii"),
             bytes(event.target),
             event.http_version.decode("ascii"),
-            [(bytes(n), bytes(v)) for n, v in event.headers.raw_items()],
+            _fields(self._head_check.lines),
             self._limits,
         )
+        for _, value in head.headers:
+            if BAD_VALUE_RE.search(value):  # llhttp refuses these itself; h11 lets some by
+                raise H1Error(400, "invalid character in a header value")
         if _is_chunked(head):
             self._chunked = ChunkedFramingCheck()
             self._chunked.feed(self._conn.trailing_data[0])
+        self._keep_alive = head.keep_alive
         self._handler.on_request(head)
 
     def _error(self, exc: h11.RemoteProtocolError) -> H1Error:
@@ -161,6 +260,12 @@ class H11Parser:
             if b"\n" not in buffered[: self._limits.request_line_bytes + 16]:
                 return H1Error(414, "request-target too long")
             return H1Error(431, "request head too large")
+        if exc.error_status_hint == 501 and self._head_check.done:
+            # h11 answers 501 to every transfer coding but a lone "chunked"; RFC 9112 §6.1 and
+            # §6.3 want 400 for some ("chunked, gzip", CL + TE, HTTP/1.0): build_head decides.
+            refusal = _refusal(self._head_check.lines, self._limits)
+            if refusal is not None:
+                return refusal
         status = exc.error_status_hint if exc.error_status_hint >= 400 else 400
         return H1Error(status, reason.rstrip(".") or "malformed request")
 

@@ -19,11 +19,13 @@ class HttptoolsParser:
     """``H1Parser`` over ``httptools.HttpRequestParser``."""
 
     __slots__ = (
+        "_closed",
         "_handler",
         "_head_bytes",
         "_headers",
         "_in_head",
         "_in_trailers",
+        "_keep_alive",
         "_limits",
         "_max_head_bytes",
         "_parser",
@@ -34,43 +36,64 @@ class HttptoolsParser:
         self._handler = handler
         self._limits = limits
         self._max_head_bytes = limits.request_line_bytes + limits.header_block_bytes
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser = self._new_parser()
         self._url = b""
         self._headers: Headers = []
         self._in_head = False
         self._in_trailers = False
         self._head_bytes = 0
+        self._keep_alive = True
+        self._closed = False
 
     def head_in_progress(self) -> bool:
         return self._in_head
 
     def feed(self, data: bytes) -> None:
+        if self._closed:
+            return  # RFC 9112 §9.6: nothing after a request that ends the connection
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._restart(data[exc.args[0] :])
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, H1Error):
-                raise cause from None
-            raise
-        except httptools.HttpParserInvalidURLError as exc:
-            raise H1Error(400, "invalid request-target") from exc
         except httptools.HttpParserError as exc:
-            raise H1Error(*_classify(str(exc))) from exc
+            self._parser_error(exc)
         if self._in_head:
             self._head_bytes += len(data)
             if self._head_bytes > self._max_head_bytes:
                 raise H1Error(431, "request head too large")
 
+    def _parser_error(self, exc: httptools.HttpParserError) -> None:
+        if self._closed:
+            # Bytes after the last request: llhttp's "Data after `Connection: close`", or our
+            # on_message_begin stopping it. Ignored, as with h11.
+            return
+        if isinstance(exc, httptools.HttpParserCallbackError):
+            cause = exc.__context__
+            if isinstance(cause, H1Error):
+                raise cause from None
+            raise exc
+        if isinstance(exc, httptools.HttpParserInvalidURLError):
+            raise H1Error(400, "invalid request-target") from exc
+        raise H1Error(*_classify(str(exc))) from exc
+
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        parser = httptools.HttpRequestParser(self)
+        # Any 1.x minor version is served as 1.1 (RFC 9110 §2.5), as with h11; build_head
+        # still refuses 0.9 (400) and 2+ (505). llhttp otherwise knows only 0.9/1.0/1.1/2.0.
+        parser.set_dangerous_leniencies(lenient_version=True)
+        return parser
+
     def _restart(self, rest: bytes) -> None:
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser = self._new_parser()
         if rest:
             self.feed(rest)
 
     # httptools callbacks -------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._closed:
+            # llhttp may see keep-alive where we do not (HTTP/1.0 with "keep-alive, close").
+            raise H1Error(400, "request after the last request of the connection")
         self._url = b""
         self._headers = []
         self._in_head = True
@@ -100,12 +123,14 @@ class HttptoolsParser:
         )
         self._in_head = False
         self._in_trailers = True
+        self._keep_alive = head.keep_alive
         self._handler.on_request(head)
 
     def on_body(self, body: bytes) -> None:
         self._handler.on_body(body)
 
     def on_message_complete(self) -> None:
+        self._closed = not self._keep_alive
         self._handler.on_complete()
 
 

@@ -106,7 +106,7 @@ def encode_head(
     ``final_body_len`` is the body length when the first body message is also the last,
     else -1 (a streamed response). ``content_length`` is -1 unless framing is LENGTH.
     """
-    parts = [status_line(status)]
+    parts = [_STATUS_LINES.get(status) or status_line(status)]
     content_length = -1
     overridden: set[bytes] | None = None
     default_names = defaults.names
@@ -116,14 +116,15 @@ def encode_head(
         kind = _SPECIAL.get(lname)
         if kind is not None:
             if kind == _CONTENT_LENGTH:
-                content_length = _parse_length(value)
+                content_length = int(value) if value.isdigit() else _parse_length(value)
             elif kind == _CONNECTION:
                 keep_alive = keep_alive and b"close" not in value.lower()
             continue  # framing and connection headers are ours to write
         if lname in default_names:
             overridden = overridden or set()
             overridden.add(lname)
-        _check_name(name)
+        if name not in _GOOD_NAMES:
+            _check_name(name)
         parts += (name, b": ", value, CRLF)
         lines += 1
     block = b"".join(parts)
