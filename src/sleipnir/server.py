@@ -175,16 +175,15 @@ class Server:
             limit_concurrency=config.limit_concurrency,
             limit_request_body=config.limit_request_body,
             reset_contextvars=config.reset_contextvars,
-            on_request_counted=self._request_counter(limit),
+            request_limit=limit,
+            on_request_limit=self._request_limit_reached,
         )
 
-    def _request_counter(self, limit: int | None) -> Callable[[int], None]:
-        def counted(total: int) -> None:
-            if limit is not None and total >= limit and not self.should_exit:
-                logger.warning("Maximum request limit of %d exceeded. Terminating process.", limit)
-                self.should_exit = True
-
-        return counted
+    def _request_limit_reached(self) -> None:
+        if not self.should_exit:
+            limit = self.state.request_limit if self.state is not None else None
+            logger.warning("Maximum request limit of %s exceeded. Terminating process.", limit)
+            self.should_exit = True
 
     async def _listen(
         self,

@@ -270,7 +270,9 @@ class HTTPCycle:
             file.close()
 
     def _finish(self) -> None:
-        self._wake()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         log = self._ctx.access_log
         if log is not None:
             scope = self.scope
@@ -341,6 +343,16 @@ def _check_status(status: object) -> int:
 def _check_headers(headers: Any) -> Headers:
     # Type checks, not bytes(): bytes(3) is three NULs, bytes([104, 105]) is b"hi", and
     # iterating a dict unpacks its keys' characters.
+    if type(headers) is list:
+        # The usual case, a list of (bytes, bytes) tuples, is used as is: no copy.
+        for item in headers:
+            if type(item) is not tuple or len(item) != 2:
+                break
+            name, value = item
+            if type(name) is not bytes or type(value) is not bytes:
+                break
+        else:
+            return headers
     try:
         checked = [
             (name, value)

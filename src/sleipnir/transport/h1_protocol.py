@@ -30,6 +30,9 @@ LINGER_S = 2.0  # how long to keep reading after an unread body before closing (
 FLUSH_BYTES = 65536  # gathered pipelined responses are written once they exceed this
 
 
+# A fixed task name: left unnamed, every task formats "Task-<n>" when it is created.
+TASK_NAME = "sleipnir.request"
+
 if sys.version_info >= (3, 12):
 
     def _start_task(
@@ -38,7 +41,15 @@ if sys.version_info >= (3, 12):
         # Run the app until its first real suspension right here, instead of paying for a
         # scheduled task step on every request (most responses complete without suspending).
         context = contextvars.Context() if fresh_context else None
-        return asyncio.Task(coro, loop=loop, context=context, eager_start=True)
+        return asyncio.Task(coro, loop=loop, name=TASK_NAME, context=context, eager_start=True)
+
+elif sys.version_info >= (3, 11):
+
+    def _start_task(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None], fresh_context: bool
+    ) -> asyncio.Task[None]:
+        context = contextvars.Context() if fresh_context else None
+        return asyncio.Task(coro, loop=loop, name=TASK_NAME, context=context)
 
 else:
 
@@ -119,6 +130,7 @@ class H1Protocol(asyncio.Protocol):
         self._head_base = self._loop.time()
         self.deadline = self._head_base + timeout
         state.clock.connections.add(self)
+        self._plain_tasks = self._loop.get_task_factory() is None
         if state.shutting_down:
             self._close()
 
@@ -263,7 +275,10 @@ class H1Protocol(asyncio.Protocol):
             # Refuse before reading the body (RFC 9110 §15.5.14), then close.
             self._fail_request(H1Error(413, "declared request body larger than the limit"))
             return
-        task = _start_task(self._loop, cycle.run(), state.reset_contextvars)
+        if self._plain_tasks:
+            task = _start_task(self._loop, cycle.run(), state.reset_contextvars)
+        else:  # the application installed a task factory: honour it
+            task = self._loop.create_task(cycle.run())
         if not task.done():
             cycle.task = task
             state.tasks.add(task)
@@ -271,16 +286,16 @@ class H1Protocol(asyncio.Protocol):
     def _service_unavailable(self, cycle: HTTPCycle) -> None:
         self.cycle = None
         cycle.connection_lost()
-        self._write(w.simple_response(503, "server at its concurrency limit", self._defaults()))
+        self._write(
+            w.simple_response(503, "server at its concurrency limit", self._state.clock.defaults)
+        )
         self._close()
-
-    def _defaults(self) -> w.DefaultHeaders:
-        return self._state.clock.defaults
 
     def _response_done(self) -> None:
         state = self._state
         state.total_requests += 1
-        state.on_request_counted(state.total_requests)
+        if state.total_requests == state.request_limit:
+            state.on_request_limit()
         cycle = self.cycle
         assert cycle is not None
         if self._in_feed and not cycle.request_complete:
@@ -331,7 +346,7 @@ class H1Protocol(asyncio.Protocol):
             data, framing, length, keep_alive = w.encode_head(
                 status,
                 headers,
-                self._defaults(),
+                self._state.clock.defaults,
                 head_request=head.method == "HEAD",
                 http10=head.http_version == "1.0",
                 keep_alive=self._keep_alive
@@ -355,7 +370,10 @@ class H1Protocol(asyncio.Protocol):
             data += body
         self._write(data)
         if end:
-            self._end_response(cycle)
+            if framing == w.FRAMING_LENGTH and self._remaining > 0:
+                self._short_body(cycle)
+            else:
+                self._response_done()
 
     def send_body(self, cycle: HTTPCycle, body: bytes, end: bool) -> None:
         framing = self._framing
@@ -372,16 +390,16 @@ class H1Protocol(asyncio.Protocol):
         elif framing == w.FRAMING_CLOSE:
             self._write(body)
         if end:
-            self._end_response(cycle)
+            if framing == w.FRAMING_LENGTH and self._remaining > 0:
+                self._short_body(cycle)
+            else:
+                self._response_done()
 
-    def _end_response(self, cycle: HTTPCycle) -> None:
-        if self._framing == w.FRAMING_LENGTH and self._remaining > 0:
-            from sleipnir.asgi.http_cycle import logger
+    def _short_body(self, cycle: HTTPCycle) -> None:
+        from sleipnir.asgi.http_cycle import logger
 
-            logger.error("response body shorter than its Content-Length; closing the connection")
-            self.abort(cycle)
-            return
-        self._response_done()
+        logger.error("response body shorter than its Content-Length; closing the connection")
+        self.abort(cycle)
 
     def abort(self, cycle: HTTPCycle) -> None:
         if cycle is self.cycle:
@@ -450,7 +468,7 @@ class H1Protocol(asyncio.Protocol):
 
     def _send_error(self, exc: H1Error) -> None:
         self._state.log_bad_request(self._client_label, exc.status, exc.reason)
-        self._write(w.simple_response(exc.status, exc.reason, self._defaults()))
+        self._write(w.simple_response(exc.status, exc.reason, self._state.clock.defaults))
         if exc.status == 413 and not self._eof:
             # The client is likely still sending the body: closing now, with its bytes unread,
             # would reset the connection and lose the 413 (RFC 9112 §9.6). Read and discard.

@@ -35,7 +35,8 @@ class ServerState:
         limit_concurrency: int | None,
         limit_request_body: int | None,
         reset_contextvars: bool,
-        on_request_counted: Callable[[int], None],
+        request_limit: int | None,
+        on_request_limit: Callable[[], None],
     ) -> None:
         self.ctx = ctx
         self.clock = clock
@@ -48,7 +49,8 @@ class ServerState:
         self.limit_concurrency = limit_concurrency
         self.limit_request_body = limit_request_body
         self.reset_contextvars = reset_contextvars
-        self.on_request_counted = on_request_counted
+        self.request_limit = request_limit  # total_requests at which on_request_limit runs
+        self.on_request_limit = on_request_limit
         self.lifespan_state: dict[str, Any] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.total_requests = 0
