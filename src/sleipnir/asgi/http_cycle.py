@@ -90,7 +90,6 @@ class HTTPCycle:
     __slots__ = (
         "_bytes_sent",
         "_chunks",
-        "_complete",
         "_ctx",
         "_final_delivered",
         "_headers",
@@ -102,6 +101,7 @@ class HTTPCycle:
         "buffered",
         "disconnected",
         "expect_continue",
+        "request_complete",
         "response_started",
         "scope",
         "stream",
@@ -117,7 +117,7 @@ class HTTPCycle:
         self.expect_continue = expect_continue
         self._chunks: list[bytes] = []
         self.buffered = 0
-        self._complete = False
+        self.request_complete = False
         self._final_delivered = False
         self._peer_closed = False
         self.disconnected = False
@@ -138,12 +138,10 @@ class HTTPCycle:
         self._wake()
 
     def message_complete(self) -> None:
-        self._complete = True
-        self._wake()
-
-    @property
-    def request_complete(self) -> bool:
-        return self._complete
+        self.request_complete = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     @property
     def response_complete(self) -> bool:
@@ -169,12 +167,12 @@ class HTTPCycle:
 
     async def receive(self) -> Message:
         while True:
-            if self.disconnected and not self._complete:
+            if self.disconnected and not self.request_complete:
                 message: Message = dict(_DISCONNECT)
                 break
             if self._chunks:
                 return self._take_body()
-            if self._complete and not self._final_delivered:
+            if self.request_complete and not self._final_delivered:
                 self._final_delivered = True
                 message = dict(_EMPTY_BODY)
                 break
@@ -197,7 +195,7 @@ class HTTPCycle:
         self._chunks = []
         self.buffered = 0
         self.stream.body_consumed(self)
-        more = not self._complete
+        more = not self.request_complete
         self._final_delivered = not more
         message: Message = {"type": "http.request", "body": data, "more_body": more}
         if self._ctx.trace:
@@ -235,7 +233,10 @@ class HTTPCycle:
         ):
             await self._send_path(message.get("path"))
         elif self._state == _START and mtype == "http.response.start":
-            self._status = _check_status(message.get("status"))
+            status = message.get("status")
+            if type(status) is not int or not 100 <= status <= 999:
+                raise ASGIError(f"invalid status {status!r} in 'http.response.start'")
+            self._status = status
             self._headers = _check_headers(message.get("headers", ()))
             self._state = _BODY
         elif self._state == _DONE:
@@ -332,12 +333,6 @@ class HTTPCycle:
         self.stream.start_response(self, 500, _ERROR_HEADERS, b"Internal Server Error\n", True)
         self._bytes_sent = 22
         self._finish()
-
-
-def _check_status(status: object) -> int:
-    if type(status) is not int or not 100 <= status <= 999:
-        raise ASGIError(f"invalid status {status!r} in 'http.response.start'")
-    return status
 
 
 def _check_headers(headers: Any) -> Headers:

@@ -197,7 +197,25 @@ class H1Protocol(asyncio.Protocol):
         if self._closing or self._last_request:
             return
         state = self._state
-        scope = self._scope(head)
+        root = state.root_path
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": head.http_version,
+            "server": self._server,
+            "client": self._client,
+            "scheme": self._scheme,
+            "method": head.method,
+            "root_path": root,
+            "path": root + head.path if root else head.path,
+            "raw_path": root.encode() + head.raw_path if root else head.raw_path,
+            "query_string": head.query_string,
+            "headers": head.headers,
+            "state": state.lifespan_state.copy(),
+            "extensions": {"http.response.pathsend": {}},
+        }
+        if self._proxies is not None:
+            self._proxies.apply_trusted(scope)
         cycle = HTTPCycle(scope, self, state.ctx, head.expect_continue)
         self._body_target = cycle
         self._request_body_bytes = 0
@@ -235,29 +253,6 @@ class H1Protocol(asyncio.Protocol):
                 self._after_response()
 
     # Scheduling cycles -----------------------------------------------------------------------
-
-    def _scope(self, head: RequestHead) -> dict[str, Any]:
-        state = self._state
-        root = state.root_path
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": head.http_version,
-            "server": self._server,
-            "client": self._client,
-            "scheme": self._scheme,
-            "method": head.method,
-            "root_path": root,
-            "path": root + head.path if root else head.path,
-            "raw_path": root.encode() + head.raw_path if root else head.raw_path,
-            "query_string": head.query_string,
-            "headers": head.headers,
-            "state": state.lifespan_state.copy(),
-            "extensions": {"http.response.pathsend": {}},
-        }
-        if self._proxies is not None:
-            self._proxies.apply_trusted(scope)
-        return scope
 
     def _start(self, cycle: HTTPCycle, head: RequestHead) -> None:
         state = self._state
@@ -333,7 +328,8 @@ class H1Protocol(asyncio.Protocol):
             self.deadline = now + state.timeout_request_header_s
         else:
             self.deadline = now + state.timeout_keep_alive_s
-        self._resume_reading()
+        if self._read_paused:
+            self._resume_reading()
 
     # HTTPStream: what the cycle calls --------------------------------------------------------
 

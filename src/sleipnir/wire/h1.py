@@ -109,6 +109,10 @@ def decode_path(raw_path: bytes) -> str:
 _HOST_RE = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?",
 )
+# Host values already found valid (a server sees few distinct ones); bounded so that a client
+# cannot grow it without limit.
+_GOOD_HOSTS: set[bytes] = set()
+_GOOD_HOSTS_MAX = 1024
 _CONTENT_LENGTH_RE = re.compile(rb"[0-9]+")
 # A header value may hold any visible octet, SP, HTAB and obs-text (RFC 9110 §5.5).
 # llhttp refuses the rest itself; the h11 path checks with this (h11 lets some CTLs through).
@@ -210,14 +214,18 @@ def build_head(
     http_version: str,
     raw_headers: Headers,
     limits: H1Limits,
+    head_size_bound: int | None = None,
 ) -> RequestHead:
     """Validate a parsed request head and derive what the server needs (RFC 9112).
 
     This runs once per request on the hot path: one pass over the headers, a dict lookup per
     name, and the rare cases (absolute-form, odd versions, framing headers) off the main line.
+    ``head_size_bound``, when the parser knows one (bytes received since the head began), lets
+    the header-block size check be skipped when the head cannot exceed it.
     """
-    if len(target) > limits.request_line_bytes:
-        raise H1Error(414, "request-target too long")
+    # The request line: method SP target SP "HTTP/x.y" (RFC 9112 §3).
+    if len(method) + len(target) + 10 > limits.request_line_bytes:
+        raise H1Error(414, "request line too long")
     if len(raw_headers) > limits.header_count:
         raise H1Error(431, "too many header fields")
     if http_version != "1.1" and http_version != "1.0":
@@ -235,10 +243,13 @@ def build_head(
     codings: list[bytes] | None = None
     connection = b""
     expect = b""
+    block_limit = limits.header_block_bytes
+    count_size = head_size_bound is None or head_size_bound > block_limit
     size = 0
     special = _SPECIAL
     for name, value in raw_headers:
-        size += len(name) + len(value)
+        if count_size:
+            size += len(name) + len(value) + 4
         name = name.lower()
         value = value.strip(b" \t")
         kind = special.get(name)
@@ -256,15 +267,18 @@ def build_head(
                 expect = value.lower()
         headers.append((name, value))
 
-    if size + 4 * len(raw_headers) > limits.header_block_bytes:
+    if size > block_limit:
         raise H1Error(431, "request header block too large")
     if hosts != 1:
         if hosts > 1:
             raise H1Error(400, "more than one Host header")
         if http_version == "1.1":
             raise H1Error(400, "missing Host header")
-    elif not _HOST_RE.fullmatch(host):  # type: ignore[arg-type]
-        raise H1Error(400, "invalid Host header")
+    elif host not in _GOOD_HOSTS:
+        if not _HOST_RE.fullmatch(host):  # type: ignore[arg-type]
+            raise H1Error(400, "invalid Host header")
+        if len(_GOOD_HOSTS) < _GOOD_HOSTS_MAX:
+            _GOOD_HOSTS.add(host)  # type: ignore[arg-type]
     if authority is not None:
         # RFC 9112 §3.2.2: the target's authority wins over any Host field.
         headers = [(n, authority if n == b"host" else v) for n, v in headers]

@@ -29,6 +29,7 @@ from sleipnir.wire.h1 import (
     build_head,
 )
 
+REASON_MAX_CHARS = 100  # of an error reason sent in a 400 body and logged
 CHUNK_LINE_MAX_BYTES = 4096  # a chunk-size line with its extensions, or one trailer line
 # RFC 9112 §7.1 and §7.1.1: chunk-size [ chunk-ext ] CRLF, where chunk-ext is
 # *( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] ). h11 accepts ";.*".
@@ -267,7 +268,14 @@ class H11Parser:
             if refusal is not None:
                 return refusal
         status = exc.error_status_hint if exc.error_status_hint >= 400 else 400
-        return H1Error(status, reason.rstrip(".") or "malformed request")
+        return H1Error(status, _short_reason(reason))
+
+
+def _short_reason(reason: str) -> str:
+    """h11's message without the request bytes it quotes ("illegal header line: b'...'"):
+    those would be echoed into the 400 body and the log line, at any size."""
+    reason = reason.split(":", 1)[0].strip().rstrip(".")
+    return reason[:REASON_MAX_CHARS] or "malformed request"
 
 
 def _is_chunked(head: RequestHead) -> bool:

@@ -20,6 +20,7 @@ class HttptoolsParser:
 
     __slots__ = (
         "_closed",
+        "_feed_bytes",
         "_handler",
         "_head_bytes",
         "_headers",
@@ -44,6 +45,7 @@ class HttptoolsParser:
         self._head_bytes = 0
         self._keep_alive = True
         self._closed = False
+        self._feed_bytes = 0
 
     def head_in_progress(self) -> bool:
         return self._in_head
@@ -51,6 +53,7 @@ class HttptoolsParser:
     def feed(self, data: bytes) -> None:
         if self._closed:
             return  # RFC 9112 §9.6: nothing after a request that ends the connection
+        self._feed_bytes = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -108,9 +111,8 @@ class HttptoolsParser:
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_trailers:
             return  # trailer fields are not passed to ASGI apps (RFC 9112 §7.1.2 allows it)
+        # build_head checks the count; the head-bytes limit in feed() bounds the list meanwhile.
         self._headers.append((name, value))
-        if len(self._headers) > self._limits.header_count:
-            raise H1Error(431, "too many header fields")
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -120,6 +122,7 @@ class HttptoolsParser:
             parser.get_http_version(),
             self._headers,
             self._limits,
+            self._head_bytes + self._feed_bytes,  # no more than this many bytes of head
         )
         self._in_head = False
         self._in_trailers = True
