@@ -208,18 +208,18 @@ class HTTPCycle:
         mtype = message["type"]
         if self._state == _BODY and mtype == "http.response.body":
             body = message.get("body", b"")
+            if type(body) is not bytes:
+                body = _as_bytes(body)
             more = message.get("more_body", False)
-            if not isinstance(body, (bytes, bytearray, memoryview)):
-                raise ASGIError(f"'body' must be bytes, got {type(body).__name__}")
             if self.disconnected:
                 if not more:
                     self._state = _DONE
                 return
             if not self.response_started:
-                self.stream.start_response(self, self._status, self._headers, bytes(body), not more)
+                self.stream.start_response(self, self._status, self._headers, body, not more)
                 self.response_started = True
             elif body or not more:
-                self.stream.send_body(self, bytes(body), not more)
+                self.stream.send_body(self, body, not more)
             self._bytes_sent += len(body)
             if not more:
                 # Only once the stream took the last message: if it refused it (a body longer
@@ -237,7 +237,20 @@ class HTTPCycle:
             if type(status) is not int or not 100 <= status <= 999:
                 raise ASGIError(f"invalid status {status!r} in 'http.response.start'")
             self._status = status
-            self._headers = _check_headers(message.get("headers", ()))
+            headers = message.get("headers", ())
+            if type(headers) is list:
+                # The usual case, a list of (bytes, bytes) tuples, is used as is: no copy.
+                for item in headers:
+                    if type(item) is not tuple or len(item) != 2:
+                        break
+                    name, value = item
+                    if type(name) is not bytes or type(value) is not bytes:
+                        break
+                else:
+                    self._headers = headers
+                    self._state = _BODY
+                    return
+            self._headers = _check_headers(headers)
             self._state = _BODY
         elif self._state == _DONE:
             raise ASGIError(f"unexpected ASGI message {mtype!r} after the response completed")
@@ -335,19 +348,15 @@ class HTTPCycle:
         self._finish()
 
 
+def _as_bytes(body: object) -> bytes:
+    if isinstance(body, (bytearray, memoryview)):
+        return bytes(body)
+    raise ASGIError(f"'body' must be bytes, got {type(body).__name__}")
+
+
 def _check_headers(headers: Any) -> Headers:
     # Type checks, not bytes(): bytes(3) is three NULs, bytes([104, 105]) is b"hi", and
     # iterating a dict unpacks its keys' characters.
-    if type(headers) is list:
-        # The usual case, a list of (bytes, bytes) tuples, is used as is: no copy.
-        for item in headers:
-            if type(item) is not tuple or len(item) != 2:
-                break
-            name, value = item
-            if type(name) is not bytes or type(value) is not bytes:
-                break
-        else:
-            return headers
     try:
         checked = [
             (name, value)

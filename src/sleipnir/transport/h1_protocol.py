@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import sys
 from collections import deque
 from collections.abc import Coroutine
@@ -34,31 +35,18 @@ FLUSH_BYTES = 65536  # gathered pipelined responses are written once they exceed
 TASK_NAME = "sleipnir.request"
 
 if sys.version_info >= (3, 12):
-
-    def _start_task(
-        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None], fresh_context: bool
-    ) -> asyncio.Task[None]:
-        # Run the app until its first real suspension right here, instead of paying for a
-        # scheduled task step on every request (most responses complete without suspending).
-        context = contextvars.Context() if fresh_context else None
-        return asyncio.Task(coro, loop=loop, name=TASK_NAME, context=context, eager_start=True)
-
-elif sys.version_info >= (3, 11):
-
-    def _start_task(
-        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None], fresh_context: bool
-    ) -> asyncio.Task[None]:
-        context = contextvars.Context() if fresh_context else None
-        return asyncio.Task(coro, loop=loop, name=TASK_NAME, context=context)
-
+    # Run the app until its first real suspension right here, instead of paying for a
+    # scheduled task step on every request (most responses complete without suspending).
+    _new_task = functools.partial(asyncio.Task, name=TASK_NAME, eager_start=True)
 else:
+    _new_task = functools.partial(asyncio.Task, name=TASK_NAME)
 
-    def _start_task(
-        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None], fresh_context: bool
-    ) -> asyncio.Task[None]:
-        if fresh_context:
-            return contextvars.Context().run(loop.create_task, coro)
-        return loop.create_task(coro)
+
+def _start_task_in_fresh_context(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
+) -> asyncio.Task[None]:
+    """--reset-contextvars: the request sees none of the server's context variables."""
+    return contextvars.Context().run(_new_task, coro, loop=loop)
 
 
 def make_parser(kind: str, handler: Any, state: ServerState) -> H1Parser:
@@ -182,7 +170,10 @@ class H1Protocol(asyncio.Protocol):
             if self._response_finished:
                 self._response_finished = False
                 self._after_response()
-            self._flush()
+            out = self._out
+            self._out = None
+            if out:
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -270,10 +261,12 @@ class H1Protocol(asyncio.Protocol):
             # Refuse before reading the body (RFC 9110 §15.5.14), then close.
             self._fail_request(H1Error(413, "declared request body larger than the limit"))
             return
-        if self._plain_tasks:
-            task = _start_task(self._loop, cycle.run(), state.reset_contextvars)
-        else:  # the application installed a task factory: honour it
+        if not self._plain_tasks:  # the application installed a task factory: honour it
             task = self._loop.create_task(cycle.run())
+        elif state.reset_contextvars:
+            task = _start_task_in_fresh_context(self._loop, cycle.run())
+        else:
+            task = _new_task(cycle.run(), loop=self._loop)
         if not task.done():
             cycle.task = task
             state.tasks.add(task)

@@ -131,9 +131,13 @@ def encode_head(
     if block.count(b"\n") != lines + 1 or block.count(b"\r") != lines + 1 or b"\0" in block:
         raise ResponseHeaderError("CR, LF or NUL in a response header value")
 
-    framing, extra, keep_alive = _framing(
-        status, content_length, head_request, http10, keep_alive, final_body_len
-    )
+    if content_length >= 0 and not head_request and status >= 200 and status not in (204, 304):
+        # The common case, inline: the app gave a Content-Length (RFC 9112 §6.3 (6)).
+        framing, extra = FRAMING_LENGTH, b"content-length: %d\r\n" % content_length
+    else:
+        framing, extra, keep_alive = _framing(
+            status, content_length, head_request, http10, keep_alive, final_body_len
+        )
     if framing == FRAMING_LENGTH and content_length < 0:
         content_length = final_body_len
     default_block = defaults.block if overridden is None else defaults.without(overridden)
