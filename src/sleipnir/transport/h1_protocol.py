@@ -29,6 +29,9 @@ from sleipnir.wire.h1 import H1Error, H1Parser, Headers, RequestHead
 
 LINGER_S = 2.0  # how long to keep reading after an unread body before closing (RFC 9112 §9.6)
 FLUSH_BYTES = 65536  # gathered pipelined responses are written once they exceed this
+# A body up to this size is copied behind its head (one small write); a larger one is handed
+# to the transport beside it (one writev on uvloop), so a big body is never copied.
+COPY_MAX_BYTES = 16384
 
 
 # A fixed task name: left unnamed, every task formats "Task-<n>" when it is created.
@@ -170,10 +173,10 @@ class H1Protocol(asyncio.Protocol):
             if self._response_finished:
                 self._response_finished = False
                 self._after_response()
-            out = self._out
-            self._out = None
-            if out:
-                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            if self._out:
+                self._flush()
+            else:
+                self._out = None
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -350,14 +353,16 @@ class H1Protocol(asyncio.Protocol):
         self._framing = framing
         self._remaining = length - len(body)
         self._keep_alive = keep_alive
-        if framing == w.FRAMING_CHUNKED:
-            if body:
-                data += w.chunk(body)
-            if end:
-                data += w.LAST_CHUNK
-        elif framing != w.FRAMING_NONE and body:
-            data += body
-        self._write(data)
+        if framing == w.FRAMING_NONE or not body:
+            self._write(data + w.LAST_CHUNK if end and framing == w.FRAMING_CHUNKED else data)
+        elif len(body) <= COPY_MAX_BYTES:
+            if framing == w.FRAMING_CHUNKED:
+                body = w.chunk(body) + w.LAST_CHUNK if end else w.chunk(body)
+            self._write(data + body)
+        elif framing == w.FRAMING_CHUNKED:
+            self._write_parts([data, *_chunk_parts(body, end)])
+        else:
+            self._write_parts([data, body])
         if end:
             if framing == w.FRAMING_LENGTH and self._remaining > 0:
                 self._short_body(cycle)
@@ -367,7 +372,9 @@ class H1Protocol(asyncio.Protocol):
     def send_body(self, cycle: HTTPCycle, body: bytes, end: bool) -> None:
         framing = self._framing
         if framing == w.FRAMING_CHUNKED:
-            if body:
+            if len(body) > COPY_MAX_BYTES:
+                self._write_parts(_chunk_parts(body, end))
+            elif body:
                 self._write(w.chunk(body) + w.LAST_CHUNK if end else w.chunk(body))
             elif end:
                 self._write(w.LAST_CHUNK)
@@ -498,6 +505,15 @@ class H1Protocol(asyncio.Protocol):
                 self._flush()
                 self._out = []
 
+    def _write_parts(self, parts: list[bytes]) -> None:
+        out = self._out
+        if out is None:
+            self.transport.writelines(parts)
+        else:
+            out.extend(parts)
+            self._flush()
+            self._out = []
+
     def _deferred_flush(self) -> None:
         """Write gathered pipelined responses once a loop iteration completes none."""
         if self._pipeline_progress and self.cycle is not None and self._out is not None:
@@ -510,7 +526,10 @@ class H1Protocol(asyncio.Protocol):
         out = self._out
         self._out = None
         if out:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            if len(out) == 1:
+                self.transport.write(out[0])
+            else:
+                self.transport.writelines(out)  # one writev on uvloop, no join
 
     def _wake_drain(self) -> None:
         waiter = self._drain_waiter
@@ -540,3 +559,11 @@ def _declared_length(headers: Headers) -> int:
         if name == b"content-length":
             return int(value.split(b",")[0])
     return -1
+
+
+def _chunk_parts(body: bytes, end: bool) -> list[bytes]:
+    """A large chunk as separate pieces, so its data is not copied (RFC 9112 §7.1)."""
+    parts = [b"%x\r\n" % len(body), body, w.CRLF]
+    if end:
+        parts.append(w.LAST_CHUNK)
+    return parts
