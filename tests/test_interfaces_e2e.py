@@ -201,5 +201,14 @@ def test_reset_contextvars_matches_uvicorn(reset: bool) -> None:
         assert second == {"factory": "-", "lifespan": "-", "req": "-"}
     else:
         assert first == {"factory": "set by the factory", "lifespan": "-", "req": "-"}
-        assert second["lifespan"] == "-"
-    assert [first, second] == observe_uvicorn(reset)
+        # Never what the previous request on the connection set: each request gets its own
+        # copy of the server's context.
+        assert second == {"factory": "set by the factory", "lifespan": "-", "req": "-"}
+    theirs = observe_uvicorn(reset)
+    if not reset:
+        # uvicorn 0.54 leaks the first request's variable into the pipelined second one: it
+        # starts that request's task from inside the first one's (the leak its
+        # --reset-contextvars works around). We match it everywhere else.
+        assert theirs[1]["req"] == "/1"
+        theirs[1]["req"] = "-"
+    assert [first, second] == theirs

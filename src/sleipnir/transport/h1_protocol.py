@@ -45,11 +45,29 @@ else:
     _new_task = functools.partial(asyncio.Task, name=TASK_NAME)
 
 
-def _start_task_in_fresh_context(
-    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
-) -> asyncio.Task[None]:
-    """--reset-contextvars: the request sees none of the server's context variables."""
-    return contextvars.Context().run(_new_task, coro, loop=loop)
+if sys.version_info >= (3, 11):
+
+    def _create_task(
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, None],
+        context: contextvars.Context,
+        plain: bool,
+    ) -> asyncio.Task[None]:
+        if plain:
+            return _new_task(coro, loop=loop, context=context)  # type: ignore[no-any-return]
+        return loop.create_task(coro, context=context)  # honour the app's task factory
+
+else:  # pragma: no cover - Python 3.10
+
+    def _create_task(
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, None],
+        context: contextvars.Context,
+        plain: bool,
+    ) -> asyncio.Task[None]:
+        if plain:
+            return context.run(_new_task, coro, loop=loop)
+        return context.run(loop.create_task, coro)
 
 
 def make_parser(kind: str, handler: Any, state: ServerState) -> H1Parser:
@@ -96,9 +114,11 @@ class H1Protocol(asyncio.Protocol):
         self._last_request = False  # Connection: close or a refused request was seen
         self._pipeline_progress = False
         self._in_feed = False
-        # The response is done but the request was still being parsed when it finished (an
-        # eagerly run app answers inside on_headers_complete): decide once the request ends.
-        self._response_finished = False
+        # A cycle waiting to start: apps start only after the current read is fully parsed,
+        # and one at a time (an eagerly run app that completes must not start the next
+        # pipelined one from inside itself: that would nest once per pipelined request).
+        self._deferred: HTTPCycle | None = None
+        self._starting = False
 
     # asyncio.Protocol ------------------------------------------------------------------------
 
@@ -122,6 +142,7 @@ class H1Protocol(asyncio.Protocol):
         self.deadline = self._head_base + timeout
         state.clock.connections.add(self)
         self._plain_tasks = self._loop.get_task_factory() is None
+        self._context = contextvars.copy_context()  # the server's, not any request's
         if state.shutting_down:
             self._close()
 
@@ -170,9 +191,8 @@ class H1Protocol(asyncio.Protocol):
             self._fail_request(exc)
         finally:
             self._in_feed = False
-            if self._response_finished:
-                self._response_finished = False
-                self._after_response()
+            if self._deferred is not None:
+                self._run_deferred()
             if self._out:
                 self._flush()
             else:
@@ -242,9 +262,6 @@ class H1Protocol(asyncio.Protocol):
         if target is not None:
             target.message_complete()
             self._body_target = None
-            if self._response_finished and target is self.cycle:
-                self._response_finished = False
-                self._after_response()
 
     # Scheduling cycles -----------------------------------------------------------------------
 
@@ -264,15 +281,30 @@ class H1Protocol(asyncio.Protocol):
             # Refuse before reading the body (RFC 9110 §15.5.14), then close.
             self._fail_request(H1Error(413, "declared request body larger than the limit"))
             return
-        if not self._plain_tasks:  # the application installed a task factory: honour it
-            task = self._loop.create_task(cycle.run())
-        elif state.reset_contextvars:
-            task = _start_task_in_fresh_context(self._loop, cycle.run())
-        else:
-            task = _new_task(cycle.run(), loop=self._loop)
-        if not task.done():
-            cycle.task = task
-            state.tasks.add(task)
+        self._deferred = cycle
+        if not self._in_feed and not self._starting:
+            self._run_deferred()
+
+    def _run_deferred(self) -> None:
+        """Start deferred cycles one after the other, never one inside another."""
+        state = self._state
+        self._starting = True
+        try:
+            while (cycle := self._deferred) is not None:
+                self._deferred = None
+                if cycle is not self.cycle or self._closing:
+                    continue  # refused or closed meanwhile
+                # Each request runs in its own copy of the connection's starting context,
+                # wherever it is started from (a pipelined one is started from inside the
+                # previous request's task, whose variables must not leak into it), or in an
+                # empty one with --reset-contextvars.
+                context = contextvars.Context() if state.reset_contextvars else self._context.copy()
+                task = _create_task(self._loop, cycle.run(), context, self._plain_tasks)
+                if not task.done():
+                    cycle.task = task
+                    state.tasks.add(task)
+        finally:
+            self._starting = False
 
     def _service_unavailable(self, cycle: HTTPCycle) -> None:
         self.cycle = None
@@ -287,11 +319,6 @@ class H1Protocol(asyncio.Protocol):
         state.total_requests += 1
         if state.total_requests == state.request_limit:
             state.on_request_limit()
-        cycle = self.cycle
-        assert cycle is not None
-        if self._in_feed and not cycle.request_complete:
-            self._response_finished = True
-            return
         self._after_response()
 
     def _after_response(self) -> None:
