@@ -146,20 +146,26 @@ class CLIServer:
         return wait_for(lambda: regex.search(self.output), timeout, f"output {pattern!r}")  # type: ignore[no-any-return]
 
 
-def start_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> CLIServer:
-    """Start ``python -m sleipnir ARGS`` (coverage-aware: inherits os.environ); the caller
-    stops it. Output (stdout and stderr merged) is collected in the background."""
+def start_process(
+    argv: list[str],
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    pass_fds: tuple[int, ...] = (),
+) -> CLIServer:
+    """Start ``argv`` (coverage-aware: inherits os.environ); the caller stops it. Output
+    (stdout and stderr merged) is collected in the background."""
     full_env = dict(os.environ)
     full_env.update(env or {})
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sleipnir", *args],
+        argv,
         cwd=cwd or REPO,
         env=full_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         text=True,
+        pass_fds=pass_fds,
     )
     lines: list[str] = []
 
@@ -170,6 +176,11 @@ def start_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     return CLIServer(proc, lines, reader)
+
+
+def start_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> CLIServer:
+    """Start ``python -m sleipnir ARGS``; see start_process."""
+    return start_process([sys.executable, "-m", "sleipnir", *args], cwd, env)
 
 
 @contextlib.contextmanager

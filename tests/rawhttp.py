@@ -21,9 +21,14 @@ import re
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 _STATUS_RE = re.compile(rb"HTTP/1\.[01] ([1-9][0-9][0-9]) ([\t !-~\x80-\xff]*)")
 _FIELD_RE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\t !-~\x80-\xff]*?)[ \t]*")
+
+
+if TYPE_CHECKING:
+    from conftest import RunningServer
 
 
 def request(
@@ -218,3 +223,36 @@ def send_and_read(
     conn = RawConnection(sock, timeout)
     conn.send(data)
     return conn.read_responses(count, methods)
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """Everything the server sends until it closes; a socket timeout fails the test."""
+    sock.settimeout(timeout)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def recv_until(sock: socket.socket, marker: bytes, timeout: float = 5.0) -> bytes:
+    """Read until what arrived ends with ``marker`` (a response may come in pieces)."""
+    sock.settimeout(timeout)
+    data = b""
+    while not data.endswith(marker):
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before {marker!r}: {data!r}"
+        data += chunk
+    return data
+
+
+def exchange(srv: RunningServer, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``data`` on a new connection and read until the server closes it."""
+    with srv.connect(timeout) as sock:
+        sock.sendall(data)
+        return read_until_closed(sock, timeout)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 
 import sleipnir
 from apps.echo import app as echo_app
-from conftest import REPO, STARTUP_TIMEOUT_S, CLIServer, wait_for
+from conftest import STARTUP_TIMEOUT_S, CLIServer, start_process, wait_for
 from sleipnir.config import Config as ConfigClass
 from sleipnir.server import Server as ServerClass
 
@@ -133,24 +132,7 @@ def test_uvicorn_style_config_and_server(how: str) -> None:
 
 def start_python(code: str) -> CLIServer:
     """``python -c CODE`` in the repository, output collected like conftest.start_cli."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    lines: list[str] = []
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        lines.extend(proc.stdout)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    return CLIServer(proc, lines, reader)
+    return start_process([sys.executable, "-c", code])
 
 
 def test_sleipnir_run_serves_an_import_string() -> None:

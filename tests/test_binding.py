@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import REPO, STARTUP_TIMEOUT_S, CLIServer, cli_server, start_cli, wait_for
+from conftest import STARTUP_TIMEOUT_S, CLIServer, cli_server, start_cli, start_process, wait_for
 from sleipnir import Config, Server
 
 ECHO = "tests.apps.echo:app"
@@ -141,25 +141,7 @@ def test_uds_path_in_forwarded_allow_ips_is_trusted(uds_path: Path) -> None:
 
 def start_cli_passing_fd(fd: int, *args: str) -> CLIServer:
     """Like conftest.start_cli, with ``fd`` inherited by the server process."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sleipnir", *args],
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        pass_fds=[fd],
-    )
-    lines: list[str] = []
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        lines.extend(proc.stdout)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    return CLIServer(proc, lines, reader)
+    return start_process([sys.executable, "-m", "sleipnir", *args], pass_fds=(fd,))
 
 
 def test_fd() -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import httpx
 import pytest
 
 from conftest import RunningServer, cli_server, run_server, wait_for
+from rawhttp import read_until_closed
 from sleipnir import Config
 from sleipnir.types import Receive, Scope, Send
 
@@ -27,20 +27,6 @@ IMF_FIXDATE = re.compile(
     r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} "
     r"[0-2][0-9]:[0-5][0-9]:[0-6][0-9] GMT"
 )
-
-
-def read_until_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:
-    sock.settimeout(timeout)
-    chunks: list[bytes] = []
-    while True:
-        try:
-            data = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
 
 
 def head_fields(data: bytes) -> tuple[int, list[tuple[str, str]]]:

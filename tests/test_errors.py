@@ -21,7 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import RunningServer, run_server, wait_for
+from conftest import run_server, wait_for
+from rawhttp import exchange, read_until_closed, recv_until
 from sleipnir.logging import RateLimitedLog
 from sleipnir.transport import state as state_module
 from sleipnir.types import Message, Receive, Scope, Send
@@ -32,39 +33,6 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 # Raw-socket helpers ----------------------------------------------------------------------------
-
-
-def read_until_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:
-    """Everything the server sends until it closes; a socket timeout fails the test."""
-    sock.settimeout(timeout)
-    chunks: list[bytes] = []
-    while True:
-        try:
-            data = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
-
-
-def recv_until(sock: socket.socket, marker: bytes, timeout: float = 5.0) -> bytes:
-    """Read until what arrived ends with ``marker`` (a response may come in pieces)."""
-    sock.settimeout(timeout)
-    data = b""
-    while not data.endswith(marker):
-        chunk = sock.recv(65536)
-        assert chunk, f"closed before {marker!r}: {data!r}"
-        data += chunk
-    return data
-
-
-def exchange(srv: RunningServer, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send ``data`` on a new connection and read until the server closes it."""
-    with srv.connect(timeout) as sock:
-        sock.sendall(data)
-        return read_until_closed(sock, timeout)
 
 
 @dataclass

@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from conftest import cli_server, run_server
+from rawhttp import read_until_closed, recv_until
 from sleipnir.types import Receive, Scope, Send
 
 HALF_HEAD = b"GET / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: slow"
@@ -33,31 +34,6 @@ SETTINGS = {"timeout_request_header": TIMEOUT_S, "timeout_keep_alive": 5, "lifes
 async def hello(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"hello"})
-
-
-def read_until_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:
-    sock.settimeout(timeout)
-    chunks: list[bytes] = []
-    while True:
-        try:
-            data = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
-
-
-def recv_until(sock: socket.socket, marker: bytes, timeout: float = 5.0) -> bytes:
-    """Read until what arrived ends with ``marker`` (a response may come in pieces)."""
-    sock.settimeout(timeout)
-    data = b""
-    while not data.endswith(marker):
-        chunk = sock.recv(65536)
-        assert chunk, f"closed before {marker!r}: {data!r}"
-        data += chunk
-    return data
 
 
 def drip(sock: socket.socket, data: bytes, interval: float) -> bytes:
