@@ -37,12 +37,10 @@ COPY_MAX_BYTES = 16384
 # A fixed task name: left unnamed, every task formats "Task-<n>" when it is created.
 TASK_NAME = "sleipnir.request"
 
-if sys.version_info >= (3, 12):
-    # Run the app until its first real suspension right here, instead of paying for a
-    # scheduled task step on every request (most responses complete without suspending).
-    _new_task = functools.partial(asyncio.Task, name=TASK_NAME, eager_start=True)
-else:
-    _new_task = functools.partial(asyncio.Task, name=TASK_NAME)
+# Not eager_start=True (3.12+): measured with uvloop on CPython 3.12.1, starting each request's
+# task eagerly cost about 25 % more CPU per request than the scheduled step it saves
+# (docs/architecture.md, "Design decisions").
+_new_task = functools.partial(asyncio.Task, name=TASK_NAME)
 
 
 if sys.version_info >= (3, 11):
@@ -113,12 +111,6 @@ class H1Protocol(asyncio.Protocol):
         self._head_base: float | None = None  # when the next head's clock started
         self._last_request = False  # Connection: close or a refused request was seen
         self._pipeline_progress = False
-        self._in_feed = False
-        # A cycle waiting to start: apps start only after the current read is fully parsed,
-        # and one at a time (an eagerly run app that completes must not start the next
-        # pipelined one from inside itself: that would nest once per pipelined request).
-        self._deferred: HTTPCycle | None = None
-        self._starting = False
 
     # asyncio.Protocol ------------------------------------------------------------------------
 
@@ -183,20 +175,10 @@ class H1Protocol(asyncio.Protocol):
             self._head_timed = True
             base = self._head_base if self._head_base is not None else self._loop.time()
             self.deadline = base + self._state.timeout_request_header_s
-        self._out = []  # gather what eagerly run apps write during this read
-        self._in_feed = True
         try:
             self.parser.feed(data)
         except H1Error as exc:
             self._fail_request(exc)
-        finally:
-            self._in_feed = False
-            if self._deferred is not None:
-                self._run_deferred()
-            if self._out:
-                self._flush()
-            else:
-                self._out = None
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -281,30 +263,14 @@ class H1Protocol(asyncio.Protocol):
             # Refuse before reading the body (RFC 9110 §15.5.14), then close.
             self._fail_request(H1Error(413, "declared request body larger than the limit"))
             return
-        self._deferred = cycle
-        if not self._in_feed and not self._starting:
-            self._run_deferred()
-
-    def _run_deferred(self) -> None:
-        """Start deferred cycles one after the other, never one inside another."""
-        state = self._state
-        self._starting = True
-        try:
-            while (cycle := self._deferred) is not None:
-                self._deferred = None
-                if cycle is not self.cycle or self._closing:
-                    continue  # refused or closed meanwhile
-                # Each request runs in its own copy of the connection's starting context,
-                # wherever it is started from (a pipelined one is started from inside the
-                # previous request's task, whose variables must not leak into it), or in an
-                # empty one with --reset-contextvars.
-                context = contextvars.Context() if state.reset_contextvars else self._context.copy()
-                task = _create_task(self._loop, cycle.run(), context, self._plain_tasks)
-                if not task.done():
-                    cycle.task = task
-                    state.tasks.add(task)
-        finally:
-            self._starting = False
+        # The app runs in a task of its own, so never before this read has been parsed: a
+        # framing error later in the same read is answered first. The task gets its own copy
+        # of the connection's starting context, wherever it is started from (a pipelined
+        # request is started from inside the previous request's task, whose variables must
+        # not leak into it), or an empty one with --reset-contextvars.
+        context = contextvars.Context() if state.reset_contextvars else self._context.copy()
+        cycle.task = task = _create_task(self._loop, cycle.run(), context, self._plain_tasks)
+        state.tasks.add(task)
 
     def _service_unavailable(self, cycle: HTTPCycle) -> None:
         self.cycle = None
