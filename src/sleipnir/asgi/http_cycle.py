@@ -139,13 +139,7 @@ class HTTPCycle:
 
     def message_complete(self) -> None:
         self.request_complete = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    @property
-    def response_complete(self) -> bool:
-        return self._state == _DONE
+        self._wake()
 
     def connection_lost(self) -> None:
         self.disconnected = True
@@ -284,9 +278,7 @@ class HTTPCycle:
             file.close()
 
     def _finish(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
         log = self._ctx.access_log
         if log is not None:
             scope = self.scope

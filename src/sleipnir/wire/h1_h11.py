@@ -181,7 +181,7 @@ class H11Parser:
         self._max_event_bytes = limits.h11_max_incomplete_event_bytes or (
             limits.request_line_bytes + limits.header_block_bytes
         )
-        self._head_check = HeadCheck()
+        self._head_check: HeadCheck  # a fresh one per request, made by _new_connection
         self._conn = self._new_connection()
         self._chunked: ChunkedFramingCheck | None = None
         self._keep_alive = True

@@ -52,7 +52,6 @@ _GOOD_NAMES: set[bytes] = set()
 _CONTENT_LENGTH = 1
 _TRANSFER_ENCODING = 2
 _CONNECTION = 3
-_DEFAULTED = 4
 _SPECIAL = {
     b"content-length": _CONTENT_LENGTH,
     b"transfer-encoding": _TRANSFER_ENCODING,
@@ -84,11 +83,11 @@ def status_line(status: int) -> bytes:
 
 
 def _check_name(name: bytes) -> None:
-    if name not in _GOOD_NAMES:
-        if not _TOKEN_RE.fullmatch(name):
-            raise ResponseHeaderError(f"invalid header name {name!r}")
-        if len(_GOOD_NAMES) < _KNOWN_NAMES_MAX:
-            _GOOD_NAMES.add(name)
+    """A name not yet in _GOOD_NAMES (the caller looks there first): check, then remember."""
+    if not _TOKEN_RE.fullmatch(name):
+        raise ResponseHeaderError(f"invalid header name {name!r}")
+    if len(_GOOD_NAMES) < _KNOWN_NAMES_MAX:
+        _GOOD_NAMES.add(name)
 
 
 def encode_head(
