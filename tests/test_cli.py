@@ -284,11 +284,10 @@ def test_subprocess_errors_exit_2() -> None:
     base = [sys.executable, "-m", "sleipnir"]
     done = subprocess.run(base, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "required: APP" in done.stderr
-    done = subprocess.run([*base, "main:app", "--ws", "wsproto"], capture_output=True, text=True)
+    done = subprocess.run([*base, "main:app", "--http2"], capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr == (
-        "sleipnir: error: --ws wsproto is not available yet: "
-        "it arrives with WebSocket support (issue 3)\n"
+        "sleipnir: error: --http2 is not available yet: it arrives with HTTP/2 support (issue 4)\n"
     )
 
 

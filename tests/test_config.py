@@ -127,7 +127,6 @@ def test_later_settings_name_an_issue() -> None:
     later = {s.name for s in SETTINGS if s.later}
     assert later == {
         "http2",
-        "ws",
         "workers",
         "reload",
         "reload_dirs",
@@ -288,8 +287,6 @@ def test_check_value_of_a_scalar_setting_with_a_list() -> None:
          "work (issue 5)"),
         ({"workers": 4}, "--workers 4 is not available yet: it arrives with the process-model "
          "work (issue 5)"),
-        ({"ws": "wsproto"}, "--ws wsproto is not available yet: it arrives with WebSocket "
-         "support (issue 3)"),
         ({"http2": True}, "--http2 is not available yet: it arrives with HTTP/2 support (issue 4)"),
         ({"reload_dirs": ["."]}, "--reload-dir is not available yet"),
         ({"reload_includes": ["*.txt"]}, "--reload-include is not available yet"),

@@ -35,7 +35,6 @@ __all__ = [
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
 
-_WS = "WebSocket support (issue 3)"
 _H2 = "HTTP/2 support (issue 4)"
 _PROCESS = "the process-model work (issue 5)"
 
@@ -132,21 +131,22 @@ SETTINGS: tuple[Setting, ...] = (
        _PROTO, choices=("auto", "httptools", "h11")),
     _s("http2", bool, False, "Serve HTTP/2 as well as HTTP/1.1.", _PROTO, bool_style="switch",
        later=_H2),
-    _s("ws", str, "auto", "WebSocket implementation; none refuses upgrades (websockets-sansio "
-       "is accepted as another name for websockets).", _PROTO,
+    _s("ws", str, "auto", "WebSocket implementation: auto picks websockets when installed, "
+       "else wsproto; none serves upgrade requests as plain HTTP (websockets-sansio is accepted "
+       "as another name for websockets).", _PROTO,
        choices=("auto", "websockets", "wsproto", "none"),
-       aliases=(("websockets-sansio", "websockets"),), later=_WS, idle=("auto", "none")),
+       aliases=(("websockets-sansio", "websockets"),)),
     _s("ws_max_size", int, 16 * 1024 * 1024, "Largest WebSocket message accepted, in bytes "
-       "(applies once WebSocket support lands, issue 3).", _PROTO, minimum=1),
-    _s("ws_max_queue", int, 32, "How many incoming WebSocket messages may wait for the app "
-       "(applies once WebSocket support lands).", _PROTO, minimum=1),
+       "(after decompression); a larger one closes the connection with 1009.", _PROTO,
+       minimum=1),
+    _s("ws_max_queue", int, 32, "How many received WebSocket messages may wait for the app "
+       "before the server stops reading from that client.", _PROTO, minimum=1),
     _s("ws_ping_interval", float, 20.0, "Seconds between WebSocket keep-alive pings "
-       "(applies once WebSocket support lands).", _PROTO, nullable=True, minimum=0),
-    _s("ws_ping_timeout", float, 20.0, "Seconds to wait for a WebSocket pong before closing "
-       "(applies once WebSocket support lands).", _PROTO, nullable=True, minimum=0),
-    _s("ws_per_message_deflate", bool, True, "Offer permessage-deflate compression on "
-       "WebSockets (applies once WebSocket support lands).", _PROTO, bool_style="value",
-       metavar="BOOLEAN"),
+       "(0 disables them).", _PROTO, nullable=True, minimum=0),
+    _s("ws_ping_timeout", float, 20.0, "Seconds to wait for the pong before closing with 1011 "
+       "(0 waits forever).", _PROTO, nullable=True, minimum=0),
+    _s("ws_per_message_deflate", bool, True, "Accept permessage-deflate compression on "
+       "WebSockets (RFC 7692).", _PROTO, bool_style="value", metavar="BOOLEAN"),
     _s("h11_max_incomplete_event_size", int, None, "With --http h11: most bytes buffered "
        "while a request head is incomplete.", _PROTO, minimum=1,
        default_text="unset (h11's own limit)"),

@@ -38,7 +38,9 @@ from sleipnir.transport.clock import Clock
 from sleipnir.transport.h1_protocol import H1Protocol
 from sleipnir.transport.listen import BindError, BindSpec, bind_socket, describe
 from sleipnir.transport.state import ServerState
+from sleipnir.transport.ws_protocol import WSSettings
 from sleipnir.wire.h1 import H1Limits
+from sleipnir.wire.ws import WSLimits
 
 if TYPE_CHECKING:
     import ssl
@@ -148,7 +150,11 @@ class Server:
         if config.server_header and "server" not in names:
             static.append((b"server", b"sleipnir"))
         static += [(n.encode("latin-1"), v.encode("latin-1")) for n, v in config.headers]
-        shortest = min(config.timeout_keep_alive, config.timeout_request_header)
+        ws = _ws_settings(config)
+        timeouts = [config.timeout_keep_alive, config.timeout_request_header]
+        if ws is not None:
+            timeouts += [t for t in (ws.ping_interval_s, ws.ping_timeout_s) if t]
+        shortest = min(timeouts)
         clock = Clock(loop, static, config.date_header, shortest)
         proxies = None
         if config.proxy_headers:
@@ -177,6 +183,7 @@ class Server:
             reset_contextvars=config.reset_contextvars,
             request_limit=limit,
             on_request_limit=self._request_limit_reached,
+            ws=ws,
         )
 
     def _request_limit_reached(self) -> None:
@@ -226,12 +233,10 @@ class Server:
         for server in self.servers:
             server.close()
         for conn in list(state.clock.connections):
-            if isinstance(conn, H1Protocol):
-                conn.shutdown()
+            conn.shutdown()
         await self._drain(state)
         for conn in list(state.clock.connections):
-            if isinstance(conn, H1Protocol):
-                conn.transport.close()
+            conn.transport.close()
         state.clock.stop()
         state.bad_request_log.flush()  # report what the rate limit held back
         for server in self.servers:
@@ -326,6 +331,26 @@ def _choose_parser(http: str) -> str:
             return "h11"
         return "httptools"
     return http
+
+
+def _ws_settings(config: Config) -> WSSettings | None:
+    """--ws: auto takes websockets, else wsproto, else none; a named one must be installed."""
+    kind = config.ws
+    if kind == "none":
+        return None
+    candidates = ("websockets", "wsproto") if kind == "auto" else (kind,)
+    for name in candidates:
+        try:
+            __import__(name)
+        except ImportError:
+            continue
+        limits = WSLimits(config.ws_max_size, config.ws_per_message_deflate)
+        return WSSettings(
+            name, limits, config.ws_max_queue, config.ws_ping_interval, config.ws_ping_timeout
+        )
+    if kind != "auto":
+        raise StartupError(f"--ws {kind} needs the {kind} package: pip install {kind}")
+    return None
 
 
 def _ssl_context(config: Config) -> ssl.SSLContext | None:

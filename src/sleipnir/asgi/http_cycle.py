@@ -217,7 +217,7 @@ class HTTPCycle:
             self._bytes_sent += len(body)
             if not more:
                 # Only once the stream took the last message: if it refused it (a body longer
-                # than Content-Length), _fail must still abort the unfinished response.
+                # than Content-Length), fail() must still abort the unfinished response.
                 self._state = _DONE
                 self._finish()
             elif self.stream.write_paused:
@@ -244,7 +244,7 @@ class HTTPCycle:
                     self._headers = headers
                     self._state = _BODY
                     return
-            self._headers = _check_headers(headers)
+            self._headers = check_headers(headers)
             self._state = _BODY
         elif self._state == _DONE:
             raise ASGIError(f"unexpected ASGI message {mtype!r} after the response completed")
@@ -293,6 +293,13 @@ class HTTPCycle:
                 time.perf_counter() - self._started_at,
             )
 
+    def protocol_switched(self) -> None:
+        """The connection switched protocols (a 101 went out): this exchange is complete."""
+        self._status = 101
+        self._state = _DONE
+        self.response_started = True
+        self._finish()
+
     # Running the application ----------------------------------------------------------------
 
     async def run(self) -> None:
@@ -311,7 +318,7 @@ class HTTPCycle:
                     return
                 what = "starting" if self._state == _START else "completing"
                 logger.error("ASGI application returned without %s the response", what)
-                self._fail()
+                self.fail()
         finally:
             self.stream.cycle_done(self)
 
@@ -322,9 +329,9 @@ class HTTPCycle:
             logger.error("ASGI protocol error: %s", exc, exc_info=exc)
         else:
             logger.error("Exception in ASGI application", exc_info=exc)
-        self._fail()
+        self.fail()
 
-    def _fail(self) -> None:
+    def fail(self) -> None:
         """Answer 500 if nothing was sent yet, else abort so the truncation shows."""
         if self.disconnected:
             return
@@ -346,7 +353,7 @@ def _as_bytes(body: object) -> bytes:
     raise ASGIError(f"'body' must be bytes, got {type(body).__name__}")
 
 
-def _check_headers(headers: Any) -> Headers:
+def check_headers(headers: Any) -> Headers:
     # Type checks, not bytes(): bytes(3) is three NULs, bytes([104, 105]) is b"hi", and
     # iterating a dict unpacks its keys' characters.
     try:

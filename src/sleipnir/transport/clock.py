@@ -23,9 +23,17 @@ MIN_TICK_S = 0.05
 
 
 class Timed(Protocol):
+    """A connection as the clock and the server's shutdown see it (HTTP/1.1 or WebSocket)."""
+
     deadline: float
 
+    @property
+    def transport(self) -> asyncio.BaseTransport: ...
+
     def on_deadline(self) -> None: ...
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: close when idle, else once the work in progress allows."""
 
 
 class Clock:

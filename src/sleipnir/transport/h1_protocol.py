@@ -10,6 +10,9 @@ Invariants:
   (slowloris), a short linger while closing after an unread body.
 - Reading is paused while the active request has more than BODY_HIGH_WATER_BYTES unread.
 - After a framing error or ``Connection: close`` no further request is parsed.
+- A WebSocket handshake is the connection's last HTTP request: the parser stops after it, the
+  app's answer is either an HTTP response (then the connection closes) or an accept, which
+  hands the transport and the bytes read since to a ``WSConnection``.
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from collections.abc import Coroutine
 from typing import Any, cast
 
 from sleipnir.asgi.http_cycle import BODY_HIGH_WATER_BYTES, ASGIError, HTTPCycle
+from sleipnir.asgi.ws_cycle import WSCycle
 from sleipnir.transport.state import ServerState
+from sleipnir.transport.ws_protocol import WSConnection
 from sleipnir.wire import h1_writer as w
+from sleipnir.wire import ws
 from sleipnir.wire.h1 import H1Error, H1Parser, Headers, RequestHead
 
 LINGER_S = 2.0  # how long to keep reading after an unread body before closing (RFC 9112 §9.6)
@@ -111,6 +117,8 @@ class H1Protocol(asyncio.Protocol):
         self._head_base: float | None = None  # when the next head's clock started
         self._last_request = False  # Connection: close or a refused request was seen
         self._pipeline_progress = False
+        self._ws: WSCycle | None = None  # a WebSocket handshake being answered
+        self._handshake: ws.Handshake | None = None
 
     # asyncio.Protocol ------------------------------------------------------------------------
 
@@ -146,6 +154,8 @@ class H1Protocol(asyncio.Protocol):
         for cycle, _ in self._pipeline:
             cycle.connection_lost()
         self._pipeline.clear()
+        if self._ws is not None:
+            self._ws.connection_lost()
         self._wake_drain()
 
     def eof_received(self) -> bool | None:
@@ -156,7 +166,7 @@ class H1Protocol(asyncio.Protocol):
         if target is not None and not target.request_complete:
             self._fail_request(H1Error(400, "connection closed in the middle of the request body"))
             return None
-        if self.cycle is None:
+        if self.cycle is None or self._ws is not None:
             if self.parser.head_in_progress():
                 self._send_error(
                     H1Error(400, "connection closed in the middle of the request head")
@@ -213,6 +223,8 @@ class H1Protocol(asyncio.Protocol):
         if self._proxies is not None:
             self._proxies.apply_trusted(scope)
         cycle = HTTPCycle(scope, self, state.ctx, head.expect_continue)
+        if head.upgrade is not None and state.ws is not None and ws.is_upgrade(head.headers):
+            self._websocket_handshake(cycle, head)
         self._body_target = cycle
         self._request_body_bytes = 0
         self.deadline = 0.0
@@ -225,6 +237,65 @@ class H1Protocol(asyncio.Protocol):
             self._pause_reading()
         if not head.keep_alive:
             self._last_request = True  # RFC 9112 §9.6: no request after Connection: close
+
+    def _websocket_handshake(self, cycle: HTTPCycle, head: RequestHead) -> None:
+        """An upgrade to WebSocket (RFC 6455 §4.2): the app answers it through a ``WSCycle``;
+        an invalid handshake raises ``HandshakeError`` (400 or 426)."""
+        settings = self._state.ws
+        assert settings is not None
+        handshake = ws.check_handshake(head.method, head.http_version, head.headers)
+        http = cycle.scope
+        scope: dict[str, Any] = {
+            "type": "websocket",
+            "asgi": http["asgi"],
+            "http_version": "1.1",
+            "scheme": "wss" if http["scheme"] == "https" else "ws",
+            "server": http["server"],
+            "client": http["client"],
+            "root_path": http["root_path"],
+            "path": http["path"],
+            "raw_path": http["raw_path"],
+            "query_string": http["query_string"],
+            "headers": http["headers"],
+            "subprotocols": handshake.subprotocols,
+            "state": http["state"],
+            "extensions": {"websocket.http.response": {}},
+        }
+        self._ws = WSCycle(scope, cycle, self, self._state.ctx, settings.max_queue)
+        self._handshake = handshake
+        self.parser.stop()  # what follows the handshake is WebSocket frames, not HTTP
+
+    def accept_websocket(
+        self, cycle: WSCycle, subprotocol: str | None, headers: Headers
+    ) -> WSConnection:
+        """The app accepted: send the 101 and hand the transport to a ``WSConnection``."""
+        state = self._state
+        settings = state.ws
+        handshake = self._handshake
+        assert settings is not None and handshake is not None and cycle is self._ws
+        conn = WSConnection(
+            state, settings, self.transport, cycle, handshake.extension_offers, self._client_label
+        )
+        response: Headers = [(b"upgrade", b"websocket")]
+        response.append((b"sec-websocket-accept", ws.accept_key(handshake.key)))
+        if subprotocol is not None:
+            response.append((b"sec-websocket-protocol", subprotocol.encode("latin-1")))
+        if conn.codec.extensions_header is not None:
+            response.append((b"sec-websocket-extensions", conn.codec.extensions_header))
+        response += [(n, v) for n, v in headers if n.lower() not in _HANDSHAKE_OWN]
+        try:
+            head = w.switching_protocols(response, state.clock.defaults)
+        except w.ResponseHeaderError as exc:
+            raise ASGIError(f"refused WebSocket accept headers: {exc}") from None
+        cycle.http.protocol_switched()
+        # This connection is done with HTTP: the WebSocket owns the transport from here.
+        self._flush()  # responses to requests pipelined before the handshake go first
+        self._closing = True
+        self.cycle = None
+        self._ws = None
+        state.clock.connections.discard(self)
+        conn.start(head, self.parser.take_held())
+        return conn
 
     def on_body(self, data: bytes) -> None:
         target = self._body_target
@@ -269,7 +340,14 @@ class H1Protocol(asyncio.Protocol):
         # request is started from inside the previous request's task, whose variables must
         # not leak into it), or an empty one with --reset-contextvars.
         context = contextvars.Context() if state.reset_contextvars else self._context.copy()
-        cycle.task = task = _create_task(self._loop, cycle.run(), context, self._plain_tasks)
+        websocket = self._ws
+        if websocket is not None and websocket.http is cycle:
+            self._keep_alive = False  # a denial response ends the connection
+            task = _create_task(self._loop, websocket.run(), context, self._plain_tasks)
+            websocket.task = task
+            task.add_done_callback(state.tasks.discard)
+        else:
+            cycle.task = task = _create_task(self._loop, cycle.run(), context, self._plain_tasks)
         state.tasks.add(task)
 
     def _service_unavailable(self, cycle: HTTPCycle) -> None:
@@ -457,7 +535,8 @@ class H1Protocol(asyncio.Protocol):
 
     def _send_error(self, exc: H1Error) -> None:
         self._state.log_bad_request(self._client_label, exc.status, exc.reason)
-        self._write(w.simple_response(exc.status, exc.reason, self._state.clock.defaults))
+        defaults = self._state.clock.defaults
+        self._write(w.simple_response(exc.status, exc.reason, defaults, exc.headers))
         if exc.status == 413 and not self._eof:
             # The client is likely still sending the body: closing now, with its bytes unread,
             # would reset the connection and lose the 413 (RFC 9112 §9.6). Read and discard.
@@ -545,6 +624,10 @@ class H1Protocol(asyncio.Protocol):
         self._read_paused = False
         if not self.transport.is_closing():
             self.transport.resume_reading()
+
+
+# Headers of the 101 that the server writes itself; an app's own copies are dropped.
+_HANDSHAKE_OWN = frozenset((b"upgrade", b"connection", b"sec-websocket-accept"))
 
 
 def _declared_length(headers: Headers) -> int:

@@ -14,6 +14,7 @@ from sleipnir.wire.h1 import H1Limits
 if TYPE_CHECKING:
     from sleipnir.middleware.proxy_headers import TrustedProxies
     from sleipnir.transport.clock import Clock
+    from sleipnir.transport.ws_protocol import WSSettings
 
 logger = logging.getLogger("sleipnir.error")
 
@@ -37,6 +38,7 @@ class ServerState:
         reset_contextvars: bool,
         request_limit: int | None,
         on_request_limit: Callable[[], None],
+        ws: WSSettings | None = None,
     ) -> None:
         self.ctx = ctx
         self.clock = clock
@@ -51,6 +53,7 @@ class ServerState:
         self.reset_contextvars = reset_contextvars
         self.request_limit = request_limit  # total_requests at which on_request_limit runs
         self.on_request_limit = on_request_limit
+        self.ws = ws  # None: upgrade requests are served as plain HTTP (--ws none)
         self.lifespan_state: dict[str, Any] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.total_requests = 0

@@ -24,12 +24,14 @@ Headers = list[tuple[bytes, bytes]]
 
 
 class H1Error(Exception):
-    """A request that cannot be served; answered with ``status`` and the connection closed."""
+    """A request that cannot be served; answered with ``status`` (and ``headers``, such as the
+    426's ``sec-websocket-version``), then the connection is closed."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, headers: Headers | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.headers: Headers = headers or []
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class RequestHead:
         "path",
         "query_string",
         "raw_path",
+        "upgrade",
     )
 
     def __init__(
@@ -65,6 +68,7 @@ class RequestHead:
         headers: Headers,
         keep_alive: bool,
         expect_continue: bool,
+        upgrade: bytes | None = None,
     ) -> None:
         self.method = method
         self.raw_path = raw_path
@@ -76,6 +80,9 @@ class RequestHead:
         self.headers = headers
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
+        # The Upgrade field value when Connection lists "upgrade" (HTTP/1.1 only, RFC 9110
+        # §7.8), else None: the connection decides whether it switches (WebSocket).
+        self.upgrade = upgrade
 
 
 class H1Handler(Protocol):
@@ -96,6 +103,13 @@ class H1Parser(Protocol):
 
     def head_in_progress(self) -> bool:
         """True when bytes of a request head have arrived but the head is not complete."""
+
+    def stop(self) -> None:
+        """Parse nothing after the current request: the connection switches protocols
+        (called from ``on_request``). Later bytes are kept for ``take_held``."""
+
+    def take_held(self) -> bytes:
+        """The bytes received after the request that stopped the parser."""
 
 
 def decode_path(raw_path: bytes) -> str:
@@ -199,12 +213,14 @@ _CONTENT_LENGTH = 2
 _TRANSFER_ENCODING = 3
 _CONNECTION = 4
 _EXPECT = 5
+_UPGRADE = 6
 _SPECIAL = {
     b"host": _HOST,
     b"content-length": _CONTENT_LENGTH,
     b"transfer-encoding": _TRANSFER_ENCODING,
     b"connection": _CONNECTION,
     b"expect": _EXPECT,
+    b"upgrade": _UPGRADE,
 }
 
 
@@ -243,6 +259,7 @@ def build_head(
     codings: list[bytes] | None = None
     connection = b""
     expect = b""
+    upgrade = None
     block_limit = limits.header_block_bytes
     count_size = head_size_bound is None or head_size_bound > block_limit
     size = 0
@@ -263,8 +280,10 @@ def build_head(
                 codings = [*codings, value] if codings else [value]
             elif kind == _CONNECTION:
                 connection = connection + b"," + value.lower() if connection else value.lower()
-            else:
+            elif kind == _EXPECT:
                 expect = value.lower()
+            else:
+                upgrade = value
         headers.append((name, value))
 
     if size > block_limit:
@@ -296,10 +315,16 @@ def build_head(
         tokens = {t.strip() for t in connection.split(b",")}
         if http_version == "1.1":
             keep_alive = b"close" not in tokens
+            if upgrade is not None and b"upgrade" not in tokens:
+                upgrade = None
         else:
             keep_alive = b"keep-alive" in tokens and b"close" not in tokens
     else:
         keep_alive = http_version == "1.1"
+    if upgrade is not None and (not connection or http_version != "1.1"):
+        upgrade = None  # RFC 9110 §7.8: only with Connection: upgrade, ignored in HTTP/1.0
     # RFC 9110 §10.1.1: a server MUST ignore 100-continue from an HTTP/1.0 client.
     expect_continue = expect == b"100-continue" and http_version == "1.1"
-    return RequestHead(method, raw_path, query, http_version, headers, keep_alive, expect_continue)
+    return RequestHead(
+        method, raw_path, query, http_version, headers, keep_alive, expect_continue, upgrade
+    )

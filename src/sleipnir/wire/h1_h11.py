@@ -170,9 +170,11 @@ class H11Parser:
         "_conn",
         "_handler",
         "_head_check",
+        "_held",
         "_keep_alive",
         "_limits",
         "_max_event_bytes",
+        "_stopped",
     )
 
     def __init__(self, handler: H1Handler, limits: H1Limits) -> None:
@@ -188,6 +190,8 @@ class H11Parser:
         # After a request that ends the connection (Connection: close, HTTP/1.0 without
         # keep-alive) nothing more is parsed (RFC 9112 §9.6); llhttp refuses such data itself.
         self._closed = False
+        self._stopped = False
+        self._held = b""
 
     def _new_connection(self) -> h11.Connection:
         self._head_check = HeadCheck()
@@ -197,8 +201,19 @@ class H11Parser:
         conn = self._conn
         return conn.their_state is h11.IDLE and bool(conn.trailing_data[0].strip(b"\r\n"))
 
+    def stop(self) -> None:
+        self._stopped = True
+
+    def take_held(self) -> bytes:
+        held, self._held = self._held, b""
+        return held
+
     def feed(self, data: bytes) -> None:
-        if self._closed:
+        if self._stopped:
+            if self._conn.their_state is h11.IDLE:  # the stopping request is complete
+                self._held += data
+                return
+        elif self._closed:
             return
         conn = self._conn
         if conn.their_state is h11.IDLE:
@@ -226,6 +241,11 @@ class H11Parser:
             elif isinstance(event, h11.Request):
                 self._on_request(event)
             elif isinstance(event, h11.EndOfMessage):
+                if self._stopped:  # the connection switches: the rest is not HTTP
+                    self._held = bytes(self._conn.trailing_data[0])
+                    self._conn = self._new_connection()
+                    self._handler.on_complete()
+                    return
                 rest = self._conn.trailing_data[0].lstrip(b"\r\n")
                 self._conn = self._new_connection()
                 self._chunked = None

@@ -4,8 +4,9 @@ Invariants:
 - Every head goes through ``h1.build_head`` before the handler sees it.
 - The bytes of an unfinished head are counted, so a head that never ends (slowloris, a huge
   header) is refused once it passes the configured size, before llhttp buffers more of it.
-- After an Upgrade or CONNECT head llhttp stops; we do not upgrade HTTP/1.1 connections here,
-  so parsing resumes with a fresh parser on the bytes that followed.
+- After an Upgrade or CONNECT head llhttp stops. If the connection switches (``stop()``, a
+  WebSocket handshake), the bytes that followed are held for the new protocol; otherwise
+  parsing resumes with a fresh parser on them.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ class HttptoolsParser:
         "_handler",
         "_head_bytes",
         "_headers",
+        "_held",
         "_in_head",
         "_in_trailers",
         "_keep_alive",
         "_limits",
         "_max_head_bytes",
         "_parser",
+        "_stopped",
         "_url",
     )
 
@@ -46,18 +49,30 @@ class HttptoolsParser:
         self._keep_alive = True
         self._closed = False
         self._feed_bytes = 0
+        self._stopped = False
+        self._held = b""
 
     def head_in_progress(self) -> bool:
         return self._in_head
 
+    def stop(self) -> None:
+        self._stopped = True
+
+    def take_held(self) -> bytes:
+        held, self._held = self._held, b""
+        return held
+
     def feed(self, data: bytes) -> None:
+        if self._stopped:
+            self._held += data
+            return
         if self._closed:
             return  # RFC 9112 §9.6: nothing after a request that ends the connection
         self._feed_bytes = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self._restart(data[exc.args[0] :])
+            self._upgraded(data[exc.args[0] :])
         except httptools.HttpParserError as exc:
             self._parser_error(exc)
         if self._in_head:
@@ -85,6 +100,14 @@ class HttptoolsParser:
         # still refuses 0.9 (400) and 2+ (505). llhttp otherwise knows only 0.9/1.0/1.1/2.0.
         parser.set_dangerous_leniencies(lenient_version=True)
         return parser
+
+    def _upgraded(self, rest: bytes) -> None:
+        """llhttp stopped after an Upgrade or CONNECT head: hold the rest for the new protocol
+        if the handler switched (``stop()``), else go on parsing it as HTTP/1.1."""
+        if self._stopped:
+            self._held = rest
+        else:
+            self._restart(rest)
 
     def _restart(self, rest: bytes) -> None:
         self._parser = self._new_parser()

@@ -188,13 +188,26 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
-def simple_response(status: int, reason: str, defaults: DefaultHeaders) -> bytes:
+def simple_response(
+    status: int, reason: str, defaults: DefaultHeaders, headers: Headers | None = None
+) -> bytes:
     """A complete short text response that closes the connection (errors, 408, 503)."""
     body = f"{HTTPStatus(status).phrase}: {reason}\n".encode("latin-1", "replace")
-    return b"%scontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n%s%s\r\n%s" % (
+    extra = b"".join(b"%s: %s\r\n" % pair for pair in headers) if headers else b""
+    return b"%scontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n%s%s%s\r\n%s" % (
         status_line(status),
         len(body),
+        extra,
         defaults.block,
         b"connection: close\r\n",
         body,
     )
+
+
+def switching_protocols(headers: Headers, defaults: DefaultHeaders) -> bytes:
+    """A 101 response head (RFC 9110 §15.2.2) with ``headers`` (checked like any response's)
+    and ``Connection: upgrade``, which ``encode_head`` would not let through."""
+    head = encode_head(
+        101, headers, defaults, head_request=False, http10=False, keep_alive=True, final_body_len=0
+    )[0]
+    return head[:-2] + b"connection: upgrade\r\n\r\n"

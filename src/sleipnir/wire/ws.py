@@ -106,10 +106,6 @@ class Handshake:
 class HandshakeError(H1Error):
     """An invalid opening handshake: answered with ``status`` and ``headers``, then closed."""
 
-    def __init__(self, status: int, reason: str, headers: Headers | None = None) -> None:
-        super().__init__(status, reason)
-        self.headers = headers or []
-
 
 def is_upgrade(headers: Headers) -> bool:
     """True for a request asking to switch to WebSocket (``Upgrade: websocket`` with
@@ -142,6 +138,9 @@ def check_handshake(method: str, http_version: str, headers: Headers) -> Handsha
             subprotocols.extend(t.decode("latin-1") for t in _tokens(value, lower=False))
         elif name == b"sec-websocket-extensions":
             offers.append(value)
+        elif (name == b"content-length" and value != b"0") or name == b"transfer-encoding":
+            # What follows the handshake is frames: a request body would be read as one.
+            raise HandshakeError(400, "WebSocket handshake with a request body")
     if versions != [SUPPORTED_VERSION]:
         # RFC 6455 §4.4: 426 with the versions we speak.
         raise HandshakeError(
