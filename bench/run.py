@@ -5,10 +5,12 @@ Each measurement starts one server pinned to one CPU (taskset -c 1), checks that
 loads it with wrk pinned to the other CPU (taskset -c 0) for a fixed time after a short
 warm-up, reads the server's CPU time and peak RSS from /proc, and stops it by PID. Servers
 alternate (A B, A B, ...) for R rounds; tables give medians over rounds and the median of the
-per-round ratios to the baseline (uvicorn-httptools-uvloop).
+per-round ratios to the baseline (uvicorn-httptools-uvloop). The WebSocket workload (ws-echo)
+works the same way with ws_client.py (this folder) in place of wrk and messages in place of
+requests.
 
 Modes:
-    http     (default) functional check, then the wrk workloads
+    http     (default) functional check, then the workloads (wrk; ws_client.py for ws-echo)
     check    functional check only: one GET / POST of each kind per server, no load
     setup    install wrk and the bench venv, print versions
     list     server presets and workloads
@@ -68,6 +70,8 @@ class Preset:
     cmd: str
     needs: frozenset[str] = frozenset({"base"})
     note: str = ""
+    # takes uvicorn's --ws flag: WebSocket workloads append `--ws <--ws option>` to its command
+    ws_flag: bool = False
 
 
 PRESETS: dict[str, Preset] = {
@@ -75,17 +79,22 @@ PRESETS: dict[str, Preset] = {
         "{bin}/sleipnir " + COMMON + " --http httptools --loop uvloop",
         frozenset({"base", "sleipnir"}),
         "this checkout, httptools + uvloop",
+        ws_flag=True,
     ),
     "uvicorn-httptools-uvloop": Preset(
         "{bin}/uvicorn " + COMMON + " --http httptools --loop uvloop",
         note="baseline",
+        ws_flag=True,
     ),
     "sleipnir-h11": Preset(
         "{bin}/sleipnir " + COMMON + " --http h11 --loop asyncio",
         frozenset({"base", "sleipnir"}),
         "pure-Python parser and loop",
+        ws_flag=True,
     ),
-    "uvicorn-h11-asyncio": Preset("{bin}/uvicorn " + COMMON + " --http h11 --loop asyncio"),
+    "uvicorn-h11-asyncio": Preset(
+        "{bin}/uvicorn " + COMMON + " --http h11 --loop asyncio", ws_flag=True
+    ),
     "granian-1core": Preset(
         "{bin}/granian {app} --interface asgi --host {host} --port {port} --no-access-log"
         " --log-level warning --workers 1 --runtime-threads 1 --runtime-mode st"
@@ -115,7 +124,7 @@ STAMP_INPUTS = {
 
 
 # --------------------------------------------------------------------------------------------
-# Workloads (wrk -t1 -c{conns}; Lua scripts in lua/)
+# Workloads: HTTP with wrk -t1 -c{conns} (Lua scripts in lua/), WebSocket with ws_client.py
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Workload:
@@ -124,6 +133,15 @@ class Workload:
     what: str
     lua: str = ""
     lua_args: tuple[str, ...] = ()
+    ws_size: int = 0  # > 0: a WebSocket echo workload, messages of this many bytes
+
+    @property
+    def unit(self) -> str:
+        return "msg" if self.ws_size else "req"
+
+    @property
+    def client(self) -> str:
+        return "client" if self.ws_size else "wrk"
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -134,7 +152,14 @@ WORKLOADS: dict[str, Workload] = {
     "pipeline16": Workload(
         "apps:plaintext", 64, "plaintext, 16 requests per write", "pipeline.lua", ("16",)
     ),
+    "ws-echo": Workload(
+        "ws_echo:app",
+        32,
+        "WebSocket echo, 64-byte text, one message in flight per connection",
+        ws_size=64,
+    ),
 }
+WS_IMPLS = ("websockets", "wsproto")
 
 LIVE: dict[int, subprocess.Popen[bytes]] = {}  # every server still running, killed at exit
 
@@ -228,7 +253,8 @@ def versions() -> dict[str, str]:
     code = (
         "import importlib.metadata as m, sys\n"
         "print('python', sys.version.split()[0])\n"
-        "for p in ['sleipnir', 'uvicorn', 'uvloop', 'httptools', 'h11', 'granian', 'hypercorn']:\n"
+        "for p in ['sleipnir', 'uvicorn', 'uvloop', 'httptools', 'h11', 'websockets', 'wsproto',\n"
+        "          'granian', 'hypercorn']:\n"
         "    try: print(p, m.version(p))\n"
         "    except Exception: pass\n"
     )
@@ -320,11 +346,13 @@ def alive(pid: int) -> bool:
 class Server:
     """One server process, pinned to SERVER_CPU, logging to out_dir/server-NAME.log."""
 
-    def __init__(self, name: str, preset: Preset, app: str, out_dir: Path) -> None:
+    def __init__(
+        self, name: str, preset: Preset, app: str, out_dir: Path, extra_args: Sequence[str] = ()
+    ) -> None:
         self.name = name
         self.port = free_port()
         fields = {"bin": VBIN, "app": app, "host": HOST, "port": self.port, "bench": BENCH_DIR}
-        self.argv = shlex.split(preset.cmd.format(**fields))
+        self.argv = [*shlex.split(preset.cmd.format(**fields)), *extra_args]
         self.log_path = out_dir / f"server-{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.pids: list[int] = []
@@ -576,6 +604,8 @@ def wrk_argv(w: Workload, port: int, seconds: float, conns: int) -> list[str]:
 def measure(
     name: str, preset: Preset, w: Workload, args: argparse.Namespace, out_dir: Path
 ) -> dict[str, Any]:
+    if w.ws_size:
+        return measure_ws(name, preset, w, args, out_dir)
     srv = Server(name, preset, w.app, out_dir).start()
     try:
         srv.wait_ready()
@@ -602,6 +632,51 @@ def measure(
             res["p50_ms"] = res["p99_ms"] = None
         if not res["rps"]:
             res["error"] = out[-500:]
+        return res
+    finally:
+        srv.stop()
+
+
+def ws_client_argv(w: Workload, args: argparse.Namespace, port: int, pids: list[int]) -> list[str]:
+    return [
+        str(VBIN / "python"),
+        str(BENCH_DIR / "ws_client.py"),
+        f"--port={port}",
+        f"--conns={args.conns or w.conns}",
+        f"--size={w.ws_size}",
+        f"--duration={args.duration:g}",
+        f"--warmup={args.warmup:g}",
+        "--server-pids=" + ",".join(map(str, pids)),
+    ]
+
+
+def measure_ws(
+    name: str, preset: Preset, w: Workload, args: argparse.Namespace, out_dir: Path
+) -> dict[str, Any]:
+    """One WebSocket echo measurement: ws_client.py (pinned to CLIENT_CPU) warms up, then
+    counts round trips and charges the server's CPU time over the same window itself."""
+    extra = ["--ws", args.ws] if preset.ws_flag else []
+    srv = Server(name, preset, w.app, out_dir, extra).start()
+    try:
+        srv.wait_ready()
+        argv = ws_client_argv(w, args, srv.port, srv.snapshot_pids())
+        out, _ = run_client(argv, timeout=args.warmup + args.duration + 60)
+        try:
+            got: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            got = {}
+        res: dict[str, Any] = {"rps": got.get("msgs_per_s") or 0.0, "requests": got.get("msgs")}
+        wall, server_cpu = got.get("wall_s") or 0.0, got.get("server_cpu_s") or 0.0
+        res["p50_ms"], res["p99_ms"] = got.get("p50_ms"), got.get("p99_ms")
+        res["errors"] = got.get("errors", 0)
+        if wall > 0:
+            res["server_cpu_pct"] = round(100 * server_cpu / wall, 1)
+            res["client_cpu_pct"] = round(100 * (got.get("client_cpu_s") or 0.0) / wall, 1)
+        res["per_cpu"] = round(res["requests"] / server_cpu, 1) if server_cpu > 0.01 else None
+        res["rss_mib"] = round(srv.peak_rss_mib(), 1)
+        res["nprocs"] = len(srv.pids)
+        if not res["rps"] or res["errors"]:
+            res["error"] = got.get("error") or out[-500:]
         return res
     finally:
         srv.stop()
@@ -635,21 +710,29 @@ def ratio(runs: list[Run], name: str, base: str, key: str) -> float | None:
     return median(ratios)
 
 
-COLUMNS = [  # header, result key, decimals, with a ratio column
-    ("median req/s", "rps", 0, True),
-    ("req per server-CPU-s", "per_cpu", 0, True),
+COLUMNS = [  # header ({unit}: req or msg, {client}: wrk or client), result key, decimals, ratio
+    ("median {unit}/s", "rps", 0, True),
+    ("{unit} per server-CPU-s", "per_cpu", 0, True),
     ("p99 ms", "p99_ms", 2, True),
     ("peak RSS MiB", "rss_mib", 1, True),
     ("server CPU %", "server_cpu_pct", 0, False),
-    ("wrk CPU %", "client_cpu_pct", 0, False),
+    ("{client} CPU %", "client_cpu_pct", 0, False),
     ("errors", "errors", 0, False),
     ("non-2xx", "non2xx", 0, False),
 ]
 
 
-def workload_table(title: str, runs: list[Run], names: Sequence[str], base: str) -> str:
+def workload_table(
+    title: str,
+    runs: list[Run],
+    names: Sequence[str],
+    base: str,
+    unit: str = "req",
+    client: str = "wrk",
+) -> str:
     head = ["server"]
-    for label, _, _, with_ratio in COLUMNS:
+    for template, _, _, with_ratio in COLUMNS:
+        label = template.format(unit=unit, client=client)
         head += [label, "vs base"] if with_ratio else [label]
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name in names:
@@ -667,8 +750,10 @@ def workload_table(title: str, runs: list[Run], names: Sequence[str], base: str)
 
 def summary_table(all_runs: dict[str, list[Run]], names: Sequence[str], base: str) -> str:
     wl = list(all_runs)
+    ws = [w for w in wl if WORKLOADS[w].ws_size]
     lines = [
-        f"### Summary: ratio to {base}, req/s (req per server-CPU-s)",
+        f"### Summary: ratio to {base}, req/s (req per server-CPU-s)"
+        + (f"; messages, not requests, for {', '.join(ws)}" if ws else ""),
         "",
         "| server | " + " | ".join(wl) + " |",
         "|---" * (len(wl) + 1) + "|",
@@ -729,7 +814,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="NAME=TEMPLATE",
         help="add or override a preset, e.g. 'sleipnir={bin}/sleipnir {app} --host {host} "
         "--port {port} --http h11' (fields {bin} {app} {host} {port} {bench}); name it in "
-        "--servers too",
+        "--servers too; used as given (add --ws ... yourself for ws workloads)",
     )
     ap.add_argument("--baseline", default=BASELINE)
     ap.add_argument(
@@ -741,6 +826,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("-d", "--duration", type=float, default=5.0, help="seconds of measured load")
     ap.add_argument("-r", "--rounds", type=int, default=3, help="rounds of A B (default 3)")
     ap.add_argument("-c", "--conns", type=int, default=0, help="override every workload's -c")
+    ap.add_argument(
+        "--ws",
+        default="websockets",
+        choices=WS_IMPLS,
+        help="--ws given to the sleipnir and uvicorn presets in ws workloads (default %(default)s)",
+    )
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured load first")
     ap.add_argument("--aa", action="store_true", help="add a copy of the baseline (noise floor)")
     ap.add_argument("--no-check", action="store_true", help="skip the functional check")
@@ -760,7 +851,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nworkloads:")
         for name, w in WORKLOADS.items():
             lua = f" -s lua/{w.lua} -- {' '.join(w.lua_args)}" if w.lua else ""
-            print(f"  {name:12} {w.app:16} wrk -c{w.conns}{lua}  ({w.what})")
+            load = f"ws_client.py --conns {w.conns} --size {w.ws_size}" if w.ws_size else ""
+            load = load or f"wrk -c{w.conns}{lua}"
+            print(f"  {name:12} {w.app:16} {load}  ({w.what})")
         return 0
     names = select_servers(args)
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
@@ -821,7 +914,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         res = {"rps": 0.0, "error": str(e)[:500]}
                     runs.append((rnd, name, res))
                     log(
-                        f"[{wname} r{rnd + 1}/{args.rounds}] {name:26} {res['rps']:>10,.0f} req/s"
+                        f"[{wname} r{rnd + 1}/{args.rounds}] {name:26} {res['rps']:>10,.0f} "
+                        f"{w.unit}/s"
                         f"  p99 {fmt(res.get('p99_ms'), 2)} ms  cpu {res.get('server_cpu_pct')}%"
                         f"  rss {res.get('rss_mib')} MiB  ({time.perf_counter() - t0:.1f}s)"
                         + (f"  ERROR {res['error'][:200]!r}" if "error" in res else "")
@@ -831,7 +925,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             conns = args.conns or w.conns
             lua = f", {w.lua} {' '.join(w.lua_args)}" if w.lua else ""
             title = f"{wname}: {w.app}, wrk -t1 -c{conns} -d{round(args.duration)}s{lua} ({w.what})"
-            md.append(workload_table(title, runs, names, base))
+            if w.ws_size:
+                title = (
+                    f"{wname}: {w.app}, ws_client.py --conns {conns} --size {w.ws_size}"
+                    f" -d{args.duration:g}s, --ws {args.ws} ({w.what})"
+                )
+            md.append(workload_table(title, runs, names, base, w.unit, w.client))
             print(md[-1], flush=True)
             save()
         md.append(summary_table(all_runs, names, base))

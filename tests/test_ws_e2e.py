@@ -15,8 +15,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
 
 from conftest import RunningServer, run_server, wait_for
 from rawhttp import recv_until
@@ -40,6 +42,11 @@ def serve(ws_impl: str) -> Callable[..., Any]:
         return run_server(app, ws=ws_impl, **settings)
 
     return start
+
+
+def response_headers(conn: ClientConnection) -> Headers:
+    assert conn.response is not None
+    return conn.response.headers
 
 
 def ws_url(server: RunningServer, path: str = "/") -> str:
@@ -178,7 +185,7 @@ def test_large_message_and_compression(serve: Callable[..., Any]) -> None:
 
         async def client() -> None:
             async with connect(ws_url(server), open_timeout=5) as conn:
-                extensions = conn.response.headers.get("sec-websocket-extensions", "")
+                extensions = response_headers(conn).get("sec-websocket-extensions", "")
                 assert extensions.startswith("permessage-deflate")
                 big = "x" * 1_000_000
                 await conn.send(big)
@@ -192,7 +199,7 @@ def test_compression_can_be_turned_off(serve: Callable[..., Any]) -> None:
 
         async def client() -> None:
             async with connect(ws_url(server), open_timeout=5) as conn:
-                assert "sec-websocket-extensions" not in conn.response.headers
+                assert "sec-websocket-extensions" not in response_headers(conn)
                 await conn.send("plain")
                 assert await conn.recv() == "plain"
 
@@ -231,7 +238,9 @@ def test_scope(serve: Callable[..., Any]) -> None:
         async def client() -> None:
             with pytest.raises(InvalidStatus):
                 await connect(
-                    ws_url(server, "/chat%20room?x=1"), subprotocols=["a", "b"], open_timeout=5
+                    ws_url(server, "/chat%20room?x=1"),
+                    subprotocols=[Subprotocol("a"), Subprotocol("b")],
+                    open_timeout=5,
                 )
 
         run(client())
@@ -263,11 +272,13 @@ def test_subprotocol_and_extra_headers(serve: Callable[..., Any]) -> None:
     with serve(app) as server:
 
         async def client() -> None:
-            async with connect(ws_url(server), subprotocols=["a", "b"], open_timeout=5) as conn:
+            async with connect(
+                ws_url(server), subprotocols=[Subprotocol("a"), Subprotocol("b")], open_timeout=5
+            ) as conn:
                 assert conn.subprotocol == "b"
-                assert conn.response.headers["x-extra"] == "1"
-                assert conn.response.headers["server"] == "sleipnir"
-                assert "date" in conn.response.headers
+                assert response_headers(conn)["x-extra"] == "1"
+                assert response_headers(conn)["server"] == "sleipnir"
+                assert "date" in response_headers(conn)
 
         run(client())
 
@@ -471,6 +482,7 @@ def test_shutdown_closes_with_1012() -> None:
             return
         await receive()
         await send({"type": "websocket.accept"})
+        seen.append(await receive())  # "hi": the connection is being served
         seen.append(await receive())
 
     with run_server(app) as server:
@@ -484,8 +496,13 @@ def test_shutdown_closes_with_1012() -> None:
                 assert info.value.rcvd is not None and info.value.rcvd.code == 1012
 
         run(client())
-        wait_for(lambda: seen, TIMEOUT_S, "the app to see the disconnect")
+        wait_for(lambda: len(seen) == 2, TIMEOUT_S, "the app to see the disconnect")
     assert seen[0]["type"] == "websocket.receive"
+    assert seen[1] == {
+        "type": "websocket.disconnect",
+        "code": 1012,
+        "reason": "server shutting down",
+    }
 
 
 # --------------------------------------------------------------------------- bad input

@@ -61,6 +61,9 @@ class WSStream(Protocol):
     """What an accepted session needs from its connection (owner of the codec)."""
 
     write_paused: bool
+    failing: bool  # a protocol error is held until the app has taken the earlier messages
+
+    def fail_now(self) -> None: ...
 
     def send_message(self, data: str | bytes) -> None: ...
 
@@ -145,6 +148,10 @@ class WSCycle:
     def connection_lost(self) -> None:
         self.closed(CLOSE_ABNORMAL, "")
 
+    def pending(self) -> bool:
+        """True while received messages wait for the app."""
+        return bool(self._queue)
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -167,6 +174,9 @@ class WSCycle:
                 if type(data) is str:
                     return {"type": "websocket.receive", "text": data}
                 return {"type": "websocket.receive", "bytes": data}
+            stream = self._stream
+            if stream is not None and stream.failing:
+                stream.fail_now()  # the app has answered what came before the error
             if self._state == _CLOSED or self.http.disconnected:
                 return {
                     "type": "websocket.disconnect",

@@ -39,6 +39,9 @@ logger = logging.getLogger("sleipnir.error")
 
 # How long to wait for the peer's close frame after sending ours (websockets waits 10 s too).
 CLOSE_TIMEOUT_S = 10.0
+# After a protocol error, how long the app may take to receive the valid messages that came
+# before it (their answers go out before our close frame) before the connection is failed.
+FAIL_GRACE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ class WSConnection(asyncio.Protocol):
         self._lost = False
         self._awaiting_pong = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._failure: WSProtocolError | None = None
+        self.failing = False  # a protocol error waits for the app to take earlier messages
 
     def start(self, response_head: bytes, rest: bytes) -> None:
         """Send the 101, take the transport over, and parse what arrived with the handshake."""
@@ -167,7 +172,9 @@ class WSConnection(asyncio.Protocol):
 
     def on_deadline(self) -> None:
         self.deadline = 0.0
-        if self._close_sent:
+        if self._failure is not None:
+            self.fail_now()
+        elif self._close_sent:
             self.transport.abort()  # no close frame in time (RFC 6455 §7.1.1)
         elif self._awaiting_pong:
             self._fail(CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
@@ -197,17 +204,17 @@ class WSConnection(asyncio.Protocol):
             # on_close, called inside feed, sets _peer_closed.
             reply = self.codec.feed(data)
         except WSProtocolError as exc:
-            self._state.bad_request_log.log(
-                f"ws-{exc.code}",
-                "%s - WebSocket closed %d: %s",
-                self._client_label,
-                exc.code,
-                exc.reason,
-            )
-            self._close_sent = True
-            self.transport.write(exc.close_frame)
-            self.cycle.closed(exc.code, exc.reason)
-            self.transport.close()
+            self._log_failure(exc.code, exc.reason)
+            self._failure = exc
+            if self.cycle.pending():
+                # Valid messages of this read came before the error: the app answers them
+                # before our close frame goes out (bounded by FAIL_GRACE_S); nothing more is
+                # read meanwhile.
+                self.failing = True
+                self._pause()
+                self.deadline = self._loop.time() + FAIL_GRACE_S
+            else:
+                self.fail_now()
             return
         if reply:
             self.transport.write(reply)
@@ -217,10 +224,26 @@ class WSConnection(asyncio.Protocol):
             self._close_sent = True  # type: ignore[unreachable]
             self.transport.close()
 
-    def _fail(self, code: int, reason: str) -> None:
+    def fail_now(self) -> None:
+        """Fail the connection for the protocol error seen (RFC 6455 §7.1.7): our close frame
+        with its code, then the TCP close."""
+        failure = self._failure
+        assert failure is not None
+        self._failure = None
+        self.failing = False
+        if not self._close_sent and not self._lost:
+            self._close_sent = True
+            self.transport.write(failure.close_frame)
+        self.cycle.closed(failure.code, failure.reason)
+        self.transport.close()
+
+    def _log_failure(self, code: int, reason: str) -> None:
         self._state.bad_request_log.log(
             f"ws-{code}", "%s - WebSocket closed %d: %s", self._client_label, code, reason
         )
+
+    def _fail(self, code: int, reason: str) -> None:
+        self._log_failure(code, reason)
         self.close(code, reason)
         self.cycle.closed(code, reason)
         self.transport.close()
@@ -231,7 +254,7 @@ class WSConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _resume(self) -> None:
-        if not self._read_paused or self._lost:
+        if not self._read_paused or self._lost or self._failure is not None:
             return
         if (self._queue_full or self.write_paused) and not self._close_sent:
             return

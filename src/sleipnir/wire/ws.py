@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import struct
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,6 +30,7 @@ from sleipnir.wire.h1 import H1Error, Headers
 # RFC 6455 §1.3: appended to Sec-WebSocket-Key before hashing.
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 SUPPORTED_VERSION = b"13"
+_MAX_REASON_BYTES = 123  # a control frame's 125 bytes, less the close code
 
 # Close codes used by the server (RFC 6455 §7.4.1).
 CLOSE_NORMAL = 1000
@@ -156,6 +158,27 @@ def check_handshake(method: str, http_version: str, headers: Headers) -> Handsha
 def accept_key(key: bytes) -> bytes:
     """Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 §4.2.2)."""
     return base64.b64encode(hashlib.sha1(key + _GUID).digest())
+
+
+def truncate_reason(reason: str) -> str:
+    """A close reason cut to what a close frame can carry (RFC 6455 §5.5: 125 bytes, 2 of them
+    the code), between characters, not inside one."""
+    data = reason.encode()
+    if len(data) <= _MAX_REASON_BYTES:
+        return reason
+    return data[:_MAX_REASON_BYTES].decode(errors="ignore")
+
+
+def close_frame(code: int, reason: str) -> bytes:
+    """A server's (unmasked) close frame (RFC 6455 §5.5.1); 1005 means no code at all.
+
+    Built here rather than by the codec so that a failing codec can hand its close frame to
+    the connection without counting it as sent: the answers to messages that came before the
+    error still go out first."""
+    if code == CLOSE_NO_STATUS:
+        return b"\x88\x00"
+    payload = struct.pack("!H", code) + truncate_reason(reason).encode()
+    return b"\x88" + bytes([len(payload)]) + payload
 
 
 def _valid_key(key: bytes) -> bool:
