@@ -633,3 +633,65 @@ def test_backpressure_stops_reading_until_the_app_receives(serve: Callable[..., 
 
         run(client())
     assert got[-1] == "last" and len(got) > 4
+
+
+def test_ping_flood_from_a_client_that_never_reads(raw_ws: Any) -> None:
+    """The pongs owed to a client that does not read cannot pile up: the server stops
+    reading from it (so its own sends block), and other connections are served."""
+    sock, _ = raw_ws()
+    other, other_buffered = raw_ws()
+    sock.setblocking(False)
+    ping = client_frame(0x9, b"p" * 125) * 64
+    sent = 0
+    # 20 k writes of 8 KiB: 160 MiB, far past any socket buffer.
+    with pytest.raises(BlockingIOError):
+        for _ in range(20_000):
+            sent += sock.send(ping)
+    assert sent < 64 << 20, f"the server read {sent} bytes of pings"
+    other.sendall(client_frame(0x1, b"fine"))
+    assert read_frame(other, other_buffered) == (0x1, b"fine")
+
+
+def test_app_sending_to_a_client_that_never_reads_waits(serve: Callable[..., Any]) -> None:
+    """websocket.send awaits drain: the app is held back instead of buffering without bound."""
+    progress: list[int] = []
+    total = 2000  # 2000 x 64 KiB = 125 MiB if nothing held the app back
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        for i in range(total):
+            await send({"type": "websocket.send", "bytes": b"z" * 65536})
+            progress.append(i)
+
+    with serve(app, ws_per_message_deflate=False) as server, server.connect() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(handshake_request())
+        _, rest = read_head(sock)
+        wait_for(lambda: progress, TIMEOUT_S, "the app to start sending")
+        # Bounded negative check: without backpressure the app would finish within this time.
+        held = wait_for_stable(progress, 0.5)
+        assert held < total - 1, "the app was never held back"
+        received = len(rest)
+        sock.settimeout(TIMEOUT_S)
+        while received < total * 65536:
+            chunk = sock.recv(1 << 20)
+            assert chunk, (received, len(progress))
+            received += len(chunk)
+        wait_for(lambda: len(progress) == total, TIMEOUT_S, "the app to finish")
+
+
+def wait_for_stable(progress: list[int], seconds: float) -> int:
+    """How far ``progress`` got once it stopped growing for ``seconds`` (bounded to 10 s)."""
+    import time
+
+    deadline = time.monotonic() + 10
+    last, since = len(progress), time.monotonic()
+    while time.monotonic() < deadline:
+        now = len(progress)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= seconds:
+            return last
+        time.sleep(0.01)
+    return last
