@@ -695,3 +695,42 @@ def wait_for_stable(progress: list[int], seconds: float) -> int:
             return last
         time.sleep(0.01)
     return last
+
+
+def test_unanswered_close_drops_the_connection(
+    serve: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC 6455 §7.1.1: a peer that never answers our close frame is dropped after the close
+    timeout (shortened here; the server runs in this process)."""
+    from sleipnir.transport import ws_protocol
+
+    monkeypatch.setattr(ws_protocol, "CLOSE_TIMEOUT_S", 0.2)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 4002})
+
+    with serve(app) as server, server.connect() as sock:
+        sock.sendall(handshake_request())
+        _, buffered = read_head(sock)
+        opcode, payload = read_frame(sock, buffered)
+        assert (opcode, close_code(payload)) == (0x8, 4002)
+        sock.settimeout(TIMEOUT_S)
+        assert sock.recv(1) == b""  # dropped, without our answer
+
+
+def test_upgrade_in_http10_is_plain_http(serve: Callable[..., Any], parser: str) -> None:
+    """RFC 9110 §7.8: a server must ignore Upgrade in an HTTP/1.0 request."""
+    seen: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            seen.append(scope["type"])
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    with serve(app, http=parser) as server, server.connect() as sock:
+        sock.sendall(handshake_request().replace(b"HTTP/1.1", b"HTTP/1.0"))
+        assert read_head(sock)[0].startswith(b"HTTP/1.1 204 ")
+    assert seen == ["http"]

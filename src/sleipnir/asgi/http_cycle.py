@@ -323,12 +323,7 @@ class HTTPCycle:
             self.stream.cycle_done(self)
 
     def _app_failed(self, exc: BaseException) -> None:
-        if isinstance(exc, asyncio.CancelledError):
-            logger.debug("request cancelled: %s %s", self.scope["method"], self.scope["path"])
-        elif isinstance(exc, ASGIError):
-            logger.error("ASGI protocol error: %s", exc, exc_info=exc)
-        else:
-            logger.error("Exception in ASGI application", exc_info=exc)
+        log_app_failure(exc, f"request {self.scope['method']} {self.scope['path']}")
         self.fail()
 
     def fail(self) -> None:
@@ -345,6 +340,17 @@ class HTTPCycle:
         self.stream.start_response(self, 500, _ERROR_HEADERS, b"Internal Server Error\n", True)
         self._bytes_sent = 22
         self._finish()
+
+
+def log_app_failure(exc: BaseException, what: str) -> None:
+    """One log line for an app that raised: a cancellation (shutdown) at debug level, a broken
+    ASGI contract named as such, anything else with its traceback."""
+    if isinstance(exc, asyncio.CancelledError):
+        logger.debug("%s cancelled", what)
+    elif isinstance(exc, ASGIError):
+        logger.error("ASGI protocol error: %s", exc, exc_info=exc)
+    else:
+        logger.error("Exception in ASGI application", exc_info=exc)
 
 
 def _as_bytes(body: object) -> bytes:

@@ -26,7 +26,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sleipnir.asgi.http_cycle import ASGIError, HTTPCycle, check_headers
+from sleipnir.asgi.http_cycle import ASGIError, HTTPCycle, check_headers, log_app_failure
 from sleipnir.wire.h1 import Headers
 from sleipnir.wire.ws import CLOSE_ABNORMAL, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL
 
@@ -264,12 +264,7 @@ class WSCycle:
                 self._close(CLOSE_NORMAL)
 
     def _app_failed(self, exc: BaseException) -> None:
-        if isinstance(exc, asyncio.CancelledError):
-            logger.debug("WebSocket cancelled: %s", self.scope["path"])
-        elif isinstance(exc, ASGIError):
-            logger.error("ASGI protocol error: %s", exc, exc_info=exc)
-        else:
-            logger.error("Exception in ASGI application", exc_info=exc)
+        log_app_failure(exc, f"WebSocket {self.scope['path']}")
         if self._state in (_CONNECTING, _DENYING):
             self.http.fail()
         elif self._state == _OPEN:

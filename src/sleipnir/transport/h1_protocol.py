@@ -27,6 +27,7 @@ from typing import Any, cast
 
 from sleipnir.asgi.http_cycle import BODY_HIGH_WATER_BYTES, ASGIError, HTTPCycle
 from sleipnir.asgi.ws_cycle import WSCycle
+from sleipnir.transport.flow import WriteFlow
 from sleipnir.transport.state import ServerState
 from sleipnir.transport.ws_protocol import WSConnection
 from sleipnir.wire import h1_writer as w
@@ -90,7 +91,7 @@ def _address(info: Any) -> tuple[str, int] | None:
     return None
 
 
-class H1Protocol(asyncio.Protocol):
+class H1Protocol(WriteFlow):
     """One HTTP/1.1 connection."""
 
     def __init__(self, state: ServerState) -> None:
@@ -189,13 +190,6 @@ class H1Protocol(asyncio.Protocol):
             self.parser.feed(data)
         except H1Error as exc:
             self._fail_request(exc)
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        self._wake_drain()
 
     # H1Handler: parser events ----------------------------------------------------------------
 
@@ -473,12 +467,8 @@ class H1Protocol(asyncio.Protocol):
             self.cycle = None
             self._close()
 
-    async def drain(self) -> None:
-        if self.write_paused and not self._closing:
-            waiter = self._drain_waiter
-            if waiter is None:
-                waiter = self._drain_waiter = self._loop.create_future()
-            await waiter
+    def _gone(self) -> bool:
+        return self._closing
 
     def body_wanted(self, cycle: HTTPCycle) -> None:
         if cycle is not self.cycle:
@@ -602,13 +592,6 @@ class H1Protocol(asyncio.Protocol):
                 self.transport.write(out[0])
             else:
                 self.transport.writelines(out)  # one writev on uvloop, no join
-
-    def _wake_drain(self) -> None:
-        waiter = self._drain_waiter
-        if waiter is not None:
-            self._drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
 
     def _pause_reading(self) -> None:
         if not self._read_paused and not self._closing:

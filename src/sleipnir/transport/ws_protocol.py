@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from sleipnir.asgi.ws_cycle import WebSocketClosed, WSCycle
+from sleipnir.transport.flow import WriteFlow
 from sleipnir.wire.ws import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_SERVICE_RESTART,
@@ -55,7 +56,7 @@ class WSSettings:
     ping_timeout_s: float | None  # None or 0: a ping is never awaited
 
 
-class WSConnection(asyncio.Protocol):
+class WSConnection(WriteFlow):
     """One accepted WebSocket on an HTTP/1.1 connection's transport."""
 
     def __init__(
@@ -114,12 +115,11 @@ class WSConnection(asyncio.Protocol):
         self._wake_drain()
 
     def pause_writing(self) -> None:
-        self.write_paused = True
+        super().pause_writing()
         self._pause()  # replies to a client that does not read must not pile up
 
     def resume_writing(self) -> None:
-        self.write_paused = False
-        self._wake_drain()
+        super().resume_writing()
         self._resume()
 
     # WSHandler: codec events -----------------------------------------------------------------
@@ -157,12 +157,8 @@ class WSConnection(asyncio.Protocol):
             self.deadline = self._loop.time() + CLOSE_TIMEOUT_S
             self._resume()  # the peer's close frame must be read even if the app is behind
 
-    async def drain(self) -> None:
-        if self.write_paused and not self._lost:
-            waiter = self._drain_waiter
-            if waiter is None:
-                waiter = self._drain_waiter = self._loop.create_future()
-            await waiter
+    def _gone(self) -> bool:
+        return self._lost
 
     def resume_reading(self) -> None:
         self._queue_full = False
@@ -261,10 +257,3 @@ class WSConnection(asyncio.Protocol):
         self._read_paused = False
         if not self.transport.is_closing():
             self.transport.resume_reading()
-
-    def _wake_drain(self) -> None:
-        waiter = self._drain_waiter
-        if waiter is not None:
-            self._drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)

@@ -60,7 +60,9 @@ from sleipnir.wire.ws import (
     WSHandler,
     WSLimits,
     WSProtocolError,
+    check_close_code,
     close_frame,
+    frame_slack,
     truncate_reason,
 )
 
@@ -305,29 +307,6 @@ def negotiate_deflate(offers: list[bytes]) -> tuple[bytes, PerMessageDeflate] | 
                 continue
             return build_extension([(name, response)]).encode("ascii"), extension
     return None
-
-
-def frame_slack(max_size: int) -> int:
-    """How far past ``max_size`` a frame's length may go before it is refused unread.
-
-    A compressed frame of incompressible data is longer than the message it carries (stored
-    blocks add 5 bytes per block, and blocks are as small as 2 KiB with zlib's memLevel=5:
-    under 0.3 %), and a control frame (125 bytes) may come between the fragments of a message
-    that is at the limit. The message itself is then checked exactly.
-    """
-    return max_size // 64 + 1024
-
-
-def check_close_code(code: int) -> None:
-    """Refuse a close code that may not be sent (RFC 6455 §7.4, the IANA registry); 1005
-    means "no code": the close frame is then empty."""
-    if code != CLOSE_NO_STATUS and not valid_close_code(code):
-        raise ValueError(f"close code {code} cannot be sent")
-
-
-def valid_close_code(code: int) -> bool:
-    """A close code allowed on the wire: the registered ones, then 3000-4999 (RFC 6455 §7.4)."""
-    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 class _EarlyText:

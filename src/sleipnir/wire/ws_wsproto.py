@@ -44,8 +44,11 @@ from sleipnir.wire.ws import (
     WSHandler,
     WSLimits,
     WSProtocolError,
+    check_close_code,
     close_frame,
+    frame_slack,
     truncate_reason,
+    valid_close_code,
 )
 
 _PEER_CLOSED = (ConnectionState.REMOTE_CLOSING, ConnectionState.CLOSED)
@@ -446,21 +449,3 @@ def _judge_close(payload: bytes) -> tuple[int, str, bool]:
     if not valid_close_code(code):
         return CLOSE_PROTOCOL_ERROR, f"invalid close code {code}", False
     return code, reason, True
-
-
-def frame_slack(max_size: int) -> int:
-    """How far past ``max_size`` a compressed frame's length may go before it is refused
-    unread: as in ``ws_websockets``, whose ``Protocol`` reads whole frames before inflating."""
-    return max_size // 64 + 1024
-
-
-def check_close_code(code: int) -> None:
-    """Refuse a close code that may not be sent (RFC 6455 §7.4, the IANA registry); 1005
-    means "no code": the close frame is then empty."""
-    if code != CLOSE_NO_STATUS and not valid_close_code(code):
-        raise ValueError(f"close code {code} cannot be sent")
-
-
-def valid_close_code(code: int) -> bool:
-    """A close code allowed on the wire: the registered ones, then 3000-4999 (RFC 6455 §7.4)."""
-    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
