@@ -1,7 +1,7 @@
 """WebSocket end to end: a real server, the websockets client and raw sockets.
 
-Every test runs once per WebSocket implementation (``--ws websockets`` and ``--ws wsproto``);
-the handshake tests also once per HTTP/1.1 parser. RFC 6455 and the ASGI websocket spec (2.4).
+Every test runs once per WebSocket implementation (``--ws websockets`` and ``--ws wsproto``)
+and event loop (uvloop, asyncio); the handshake tests also once per HTTP/1.1 parser. RFC 6455 and the ASGI websocket spec (2.4).
 """
 
 from __future__ import annotations
@@ -36,10 +36,13 @@ def ws_impl(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def serve(ws_impl: str) -> Callable[..., Any]:
+@pytest.fixture(params=["uvloop", "asyncio"])
+def serve(ws_impl: str, request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """Start a server with this test's WebSocket implementation, on each event loop (the
+    transport calls differ: set_protocol, is_reading, pause and resume)."""
+
     def start(app: Any, **settings: Any) -> Any:
-        return run_server(app, ws=ws_impl, **settings)
+        return run_server(app, ws=ws_impl, loop=request.param, **settings)
 
     return start
 
