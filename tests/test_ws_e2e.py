@@ -1,7 +1,8 @@
 """WebSocket end to end: a real server, the websockets client and raw sockets.
 
 Every test runs once per WebSocket implementation (``--ws websockets`` and ``--ws wsproto``)
-and event loop (uvloop, asyncio); the handshake tests also once per HTTP/1.1 parser. RFC 6455 and the ASGI websocket spec (2.4).
+and event loop (uvloop, asyncio); the handshake tests also once per HTTP/1.1 parser.
+RFC 6455 and the ASGI websocket spec (2.4).
 """
 
 from __future__ import annotations
