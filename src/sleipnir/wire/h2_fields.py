@@ -1,0 +1,221 @@
+"""HTTP/2 field blocks: request fields to a ``RequestHead``, response headers to a block.
+
+RFC 9113 §8.2 and §8.3.
+
+h2's own inbound validation is switched off (``wire/h2.py``): it raises connection errors for
+what RFC 9113 §8.1.1 calls a *malformed request*, which is a stream error, and its generator
+pipeline is slow. ``build_request`` checks the same rules in one pass and says how the stream
+must be refused: ``Malformed`` (RST_STREAM PROTOCOL_ERROR) or ``Refused`` (a status answered
+on the stream, such as 431).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sleipnir.wire.h1 import _GOOD_HOSTS, _GOOD_HOSTS_MAX, _HOST_RE, Headers, RequestHead
+from sleipnir.wire.h1_writer import ResponseHeaderError
+
+# RFC 9113 §8.2.1: a field name is a lowercase token; §8.2.2: no connection-specific fields.
+_TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+_METHOD_TOKEN = _TOKEN + b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_WS = (0x20, 0x09)
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+
+_METHOD, _SCHEME, _AUTHORITY, _PATH, _PROTOCOL = range(5)
+_PSEUDO = {
+    b":method": _METHOD,
+    b":scheme": _SCHEME,
+    b":authority": _AUTHORITY,
+    b":path": _PATH,
+    b":protocol": _PROTOCOL,  # RFC 8441 §4, extended CONNECT only
+}
+_BAD, _TE, _HOST, _COOKIE, _EXPECT = range(5)
+_SPECIAL = {
+    b"": _BAD,  # an empty name (HPACK can encode one)
+    b"connection": _BAD,
+    b"keep-alive": _BAD,
+    b"proxy-connection": _BAD,
+    b"transfer-encoding": _BAD,
+    b"upgrade": _BAD,
+    b"te": _TE,
+    b"host": _HOST,
+    b"cookie": _COOKIE,
+    b"expect": _EXPECT,
+}
+# Fields an h2c Upgrade request carried for HTTP/1.1 only (RFC 7540 §3.2, RFC 9113 §8.2.2).
+HOP_BY_HOP = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
+)
+_UPGRADE_ONLY = HOP_BY_HOP | {b"http2-settings"}
+
+
+class Malformed(Exception):
+    """A malformed request (RFC 9113 §8.1.1): RST_STREAM with PROTOCOL_ERROR."""
+
+
+class Refused(Exception):
+    """A well-formed request the server will not serve: answered with ``status``."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def build_request(
+    fields: list[tuple[bytes, bytes]], connect_protocol: bool, max_list: int, max_count: int
+) -> RequestHead:
+    """Validate a decoded request field block; return its head (``http_version`` "2").
+
+    The Host field comes from ``:authority`` when there is none (and goes first); a Host that
+    differs from ``:authority`` is malformed (§8.3.1). Split Cookie fields are joined with
+    "; " (§8.2.3), as an HTTP/1.1 application expects one. For RFC 8441's extended CONNECT,
+    ``head.method`` is "CONNECT" and ``head.upgrade`` holds ``:protocol`` (b"websocket");
+    it is None for every other request.
+    """
+    if len(fields) > max_count:
+        raise Refused(431, "too many header fields")
+    method = scheme = authority = path = protocol = None
+    headers: Headers = []
+    regular = False
+    size = 0
+    cookies: list[bytes] | None = None
+    host = None
+    expect = False
+    special = _SPECIAL
+    for name, value in fields:
+        size += len(name) + len(value) + 32  # RFC 9113 §6.5.2 counts 32 per field
+        if name[:1] == b":":
+            kind = _PSEUDO.get(name)
+            if kind is None or regular:
+                raise Malformed(f"unknown or misplaced pseudo-header {name!r}")
+            if kind == _METHOD and method is None:
+                method = value
+            elif kind == _PATH and path is None:
+                path = value
+            elif kind == _AUTHORITY and authority is None:
+                authority = value
+                headers.append((b"host", value))
+            elif kind == _SCHEME and scheme is None:
+                scheme = value
+            elif kind == _PROTOCOL and protocol is None:
+                protocol = value
+            else:
+                raise Malformed(f"duplicate pseudo-header {name!r}")
+            continue
+        regular = True
+        what = special.get(name)
+        if what is not None:
+            if what == _BAD:
+                raise Malformed(f"connection-specific or empty header field {name!r}")
+            if what == _TE:
+                if value.lower() != b"trailers":
+                    raise Malformed("TE other than 'trailers'")
+            elif what == _HOST:
+                if host is not None:
+                    raise Malformed("more than one Host field")
+                host = value
+                if authority is not None:
+                    if value != authority:
+                        raise Malformed("Host differs from :authority")
+                    continue  # already first in headers
+            elif what == _COOKIE:
+                cookies = [*cookies, value] if cookies else [value]
+            else:
+                expect = value.lower() == b"100-continue"
+        headers.append((name, value))
+
+    if size > max_list:
+        raise Refused(431, "header list larger than SETTINGS_MAX_HEADER_LIST_SIZE")
+    names = b"".join([n for n, _ in headers])
+    values = b"".join([v for _, v in headers])
+    if names.translate(None, _TOKEN) or (
+        values.find(b"\r") >= 0 or values.find(b"\n") >= 0 or values.find(b"\0") >= 0
+    ):
+        raise Malformed("invalid character in a header field (uppercase, CR, LF or NUL)")
+    for _, v in headers:
+        if v and (v[0] in _WS or v[-1] in _WS):
+            raise Malformed("header field value with leading or trailing whitespace")
+    if method is None:
+        raise Malformed("missing :method")
+    method_str = _METHODS.get(method)
+    if method_str is None:
+        if not method or method.translate(None, _METHOD_TOKEN):
+            raise Malformed("invalid :method")
+        method_str = method.decode("ascii")
+    if protocol is not None and (not connect_protocol or method_str != "CONNECT"):
+        raise Malformed(":protocol without extended CONNECT")
+    if method_str == "CONNECT" and protocol is None:
+        # RFC 9113 §8.5: a tunnel; an origin server does not provide one.
+        if scheme is not None or path is not None or authority is None:
+            raise Malformed("CONNECT with :scheme or :path, or without :authority")
+        raise Refused(501, "CONNECT (tunnel) is not supported")
+    if scheme is None or path is None:
+        raise Malformed("missing :scheme or :path")
+    target = authority if authority is not None else host
+    if target is not None and target not in _GOOD_HOSTS:
+        if not _HOST_RE.fullmatch(target):
+            raise Malformed("invalid :authority or Host")
+        if len(_GOOD_HOSTS) < _GOOD_HOSTS_MAX:
+            _GOOD_HOSTS.add(target)
+    if path[:1] == b"/":
+        raw_path, _, query = path.partition(b"?")
+    elif path == b"*" and method_str == "OPTIONS":
+        raw_path, query = path, b""
+    else:
+        raise Malformed("invalid :path")
+    if cookies is not None and len(cookies) > 1:
+        headers = [(n, v) for n, v in headers if n != b"cookie"]
+        headers.append((b"cookie", b"; ".join(cookies)))
+    return RequestHead(method_str, raw_path, query, "2", headers, True, expect, protocol)
+
+
+def upgraded_request(head: RequestHead) -> RequestHead:
+    """The HTTP/1.1 request of an h2c Upgrade as stream 1 sees it (RFC 7540 §3.2): HTTP/2,
+    without the fields that only meant something to the HTTP/1.1 connection."""
+    headers = [
+        (n, v)
+        for n, v in head.headers
+        if n not in _UPGRADE_ONLY and (n != b"te" or v.lower() == b"trailers")
+    ]
+    return RequestHead(
+        head.method, head.raw_path, head.query_string, "2", headers, True, False, None
+    )
+
+
+_STATUS = {s: b"%d" % s for s in range(100, 600)}
+# Response header names seen before -> the name to send (lowercased), b"" for one to drop.
+_NAMES: dict[bytes, bytes] = {}
+_NAMES_MAX = 4096
+
+
+def _response_name(name: bytes) -> bytes:
+    lname = name.lower()
+    if lname in HOP_BY_HOP:
+        lname = b""
+    elif not lname or lname.translate(None, _TOKEN):
+        raise ResponseHeaderError(f"invalid response header name {name!r}")
+    if len(_NAMES) < _NAMES_MAX:
+        _NAMES[name] = lname
+    return lname
+
+
+def response_block(
+    status: int, headers: Iterable[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """(name, value) pairs for h2's encoder: ``:status`` first (unless 0: trailers, pushed
+    requests), names lowercased, connection-specific fields dropped (RFC 9113 §8.2.2).
+    Raises ``ResponseHeaderError`` for a name that is not a token or a CR, LF or NUL in a
+    value (which HPACK would carry, and the client reject)."""
+    block = [(b":status", _STATUS.get(status) or b"%d" % status)] if status else []
+    names = _NAMES
+    for name, value in headers:
+        lname = names.get(name)
+        if lname is None:
+            lname = _response_name(name)
+        if lname:
+            block.append((lname, value))
+    values = b"".join([v for _, v in block])
+    if values.find(b"\r") >= 0 or values.find(b"\n") >= 0 or values.find(b"\0") >= 0:
+        raise ResponseHeaderError("CR, LF or NUL in a response header value")
+    return block
