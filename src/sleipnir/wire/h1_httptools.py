@@ -15,6 +15,9 @@ import httptools
 
 from sleipnir.wire.h1 import H1Error, H1Handler, H1Limits, Headers, build_head
 
+# The usual methods' names, so that a request does not decode its own (a dict hit is cheaper).
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
+
 
 class HttptoolsParser:
     """``H1Parser`` over ``httptools.HttpRequestParser``."""
@@ -127,8 +130,10 @@ class HttptoolsParser:
         self._head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > self._limits.request_line_bytes:
+        if self._url:  # the target arrived in pieces (split reads)
+            url = self._url + url
+        self._url = url
+        if len(url) > self._limits.request_line_bytes:
             raise H1Error(414, "request-target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -139,8 +144,9 @@ class HttptoolsParser:
 
     def on_headers_complete(self) -> None:
         parser = self._parser
+        method = parser.get_method()
         head = build_head(
-            parser.get_method().decode("ascii"),
+            _METHODS.get(method) or method.decode("ascii"),
             self._url,
             parser.get_http_version(),
             self._headers,
