@@ -143,6 +143,21 @@ _MAX_CONTENT_LENGTH = 1 << 62
 _MAX_CONTENT_LENGTH_DIGITS = 19  # len(str(1 << 62)); h11 refuses more than 20 itself
 
 
+def valid_host(host: bytes) -> bool:
+    """A Host value or HTTP/2 :authority (RFC 9110 §7.2, RFC 3986 §3.2.2); valid ones are
+    remembered (a bounded set: a server sees few distinct hosts), so the usual case is one set
+    lookup, done by the caller before calling this."""
+    if not _HOST_RE.fullmatch(host):
+        return False
+    if len(_GOOD_HOSTS) < _GOOD_HOSTS_MAX:
+        _GOOD_HOSTS.add(host)
+    return True
+
+
+def host_known_good(host: bytes) -> bool:
+    return host in _GOOD_HOSTS
+
+
 def split_target(method: str, target: bytes) -> tuple[bytes, bytes, bytes | None]:
     """Split a request-target into (raw_path, query_string, authority-or-None).
 
@@ -301,11 +316,8 @@ def build_head(
             raise H1Error(400, "more than one Host header")
         if http_version == "1.1":
             raise H1Error(400, "missing Host header")
-    elif host not in _GOOD_HOSTS:
-        if not _HOST_RE.fullmatch(host):  # type: ignore[arg-type]
-            raise H1Error(400, "invalid Host header")
-        if len(_GOOD_HOSTS) < _GOOD_HOSTS_MAX:
-            _GOOD_HOSTS.add(host)  # type: ignore[arg-type]
+    elif host not in _GOOD_HOSTS and not valid_host(host):  # type: ignore[arg-type]
+        raise H1Error(400, "invalid Host header")
     if authority is not None:
         # RFC 9112 §3.2.2: the target's authority wins over any Host field.
         headers = [(n, authority if n == b"host" else v) for n, v in headers]

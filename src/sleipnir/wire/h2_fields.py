@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sleipnir.wire.h1 import _GOOD_HOSTS, _GOOD_HOSTS_MAX, _HOST_RE, Headers, RequestHead
+from sleipnir.wire.h1 import Headers, RequestHead, host_known_good, valid_host
 from sleipnir.wire.h1_writer import ResponseHeaderError
 
 # RFC 9113 §8.2.1: a field name is a lowercase token; §8.2.2: no connection-specific fields.
@@ -153,11 +153,8 @@ def build_request(
     if scheme is None or path is None:
         raise Malformed("missing :scheme or :path")
     target = authority if authority is not None else host
-    if target is not None and target not in _GOOD_HOSTS:
-        if not _HOST_RE.fullmatch(target):
-            raise Malformed("invalid :authority or Host")
-        if len(_GOOD_HOSTS) < _GOOD_HOSTS_MAX:
-            _GOOD_HOSTS.add(target)
+    if target is not None and not host_known_good(target) and not valid_host(target):
+        raise Malformed("invalid :authority or Host")
     if path[:1] == b"/":
         raw_path, _, query = path.partition(b"?")
     elif path == b"*" and method_str == "OPTIONS":
