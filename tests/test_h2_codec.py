@@ -45,7 +45,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from sleipnir.wire import h2_fields
+from sleipnir.wire import h1, h2_fields
 from sleipnir.wire.h1 import _GOOD_HOSTS, RequestHead
 from sleipnir.wire.h1_writer import ResponseHeaderError
 from sleipnir.wire.h2 import (
@@ -1034,7 +1034,7 @@ class TestCaches:
     """The bounded caches of validated hosts and response header names."""
 
     def test_full_caches_still_validate(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(h2_fields, "_GOOD_HOSTS_MAX", 0)
+        monkeypatch.setattr(h1, "_GOOD_HOSTS_MAX", 0)
         monkeypatch.setattr(h2_fields, "_NAMES_MAX", 0)
         peer = Peer()
         fields = [
