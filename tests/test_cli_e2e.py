@@ -175,9 +175,8 @@ def test_console_script() -> None:
     [
         (["--reload"], "--reload is not available yet: it arrives with the process-model work"),
         (["--workers", "2"], "--workers 2 is not available yet: it arrives with the process-model"),
-        (["--http2"], "--http2 is not available yet: it arrives with HTTP/2 support"),
     ],
-    ids=["reload", "workers", "http2"],
+    ids=["reload", "workers"],
 )
 def test_later_features_exit_2_with_one_line(args: list[str], message: str) -> None:
     code, out = run_to_exit(ECHO, "--port", "0", *args)

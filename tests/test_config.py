@@ -34,7 +34,7 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "reset_contextvars": False,
     "loop": "auto",
     "http": "auto",
-    "http2": False,
+    "http2": None,
     "ws": "auto",
     "ws_max_size": 16777216,
     "ws_max_queue": 32,
@@ -126,7 +126,6 @@ def test_config_annotations_match_settings() -> None:
 def test_later_settings_name_an_issue() -> None:
     later = {s.name for s in SETTINGS if s.later}
     assert later == {
-        "http2",
         "workers",
         "reload",
         "reload_dirs",
@@ -287,7 +286,6 @@ def test_check_value_of_a_scalar_setting_with_a_list() -> None:
          "work (issue 5)"),
         ({"workers": 4}, "--workers 4 is not available yet: it arrives with the process-model "
          "work (issue 5)"),
-        ({"http2": True}, "--http2 is not available yet: it arrives with HTTP/2 support (issue 4)"),
         ({"reload_dirs": ["."]}, "--reload-dir is not available yet"),
         ({"reload_includes": ["*.txt"]}, "--reload-include is not available yet"),
         ({"reload_excludes": ["*.tmp"]}, "--reload-exclude is not available yet"),
@@ -303,10 +301,12 @@ def test_unavailable_features_are_reported(settings: dict[str, Any], message: st
 def test_defaults_and_idle_values_are_available() -> None:
     assert Config("main:app").unavailable() == []
     assert Config("main:app", ws="none", workers=1, reload_dirs=[]).unavailable() == []
+    assert Config("main:app", http2=True).unavailable() == []
+    assert Config("main:app", http2=False).unavailable() == []
 
 
 def test_several_unavailable_features_are_all_listed() -> None:
-    assert len(Config("main:app", reload=True, workers=2, http2=True).unavailable()) == 3
+    assert len(Config("main:app", reload=True, workers=2, http2=True).unavailable()) == 2
 
 
 # --------------------------------------------------------------------------- pickling, repr

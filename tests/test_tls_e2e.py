@@ -164,16 +164,28 @@ def test_cert_reqs_from_the_command_line(certs: Certs) -> None:
 
 
 @pytest.mark.parametrize(
-    ("offered", "selected"),
-    [(["h2", "http/1.1"], "http/1.1"), (["http/1.1"], "http/1.1"), (["h2"], None)],
+    ("http2", "offered", "selected"),
+    [
+        (False, ["h2", "http/1.1"], "http/1.1"),
+        (False, ["http/1.1"], "http/1.1"),
+        (False, ["h2"], None),
+        (True, ["h2", "http/1.1"], "h2"),
+        (True, ["http/1.1"], "http/1.1"),
+        (True, ["h2"], "h2"),
+    ],
 )
-def test_alpn(certs: Certs, offered: list[str], selected: str | None) -> None:
-    settings = {"ssl_certfile": str(certs.cert), "ssl_keyfile": str(certs.key)}
+def test_alpn(certs: Certs, http2: bool, offered: list[str], selected: str | None) -> None:
+    settings = {"ssl_certfile": str(certs.cert), "ssl_keyfile": str(certs.key), "http2": http2}
     context = client_context(certs)
     context.set_alpn_protocols(offered)
     with run_server(echo_app, **settings) as running:
         raw = socket.create_connection((running.host, running.port), timeout=5)
         with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
             assert tls.selected_alpn_protocol() == selected
+            if selected == "h2":  # the server's preface: a SETTINGS frame (RFC 9113 §3.4)
+                settings_frame = b"\0\0\0\x04\0\0\0\0\0"  # empty, not an ACK
+                tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings_frame)
+                assert tls.recv(65536)[3] == 4
+                return
             tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             assert tls.recv(65536).startswith(b"HTTP/1.1 200 ")

@@ -35,7 +35,6 @@ __all__ = [
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
 
-_H2 = "HTTP/2 support (issue 4)"
 _PROCESS = "the process-model work (issue 5)"
 
 
@@ -129,8 +128,8 @@ SETTINGS: tuple[Setting, ...] = (
        _PROTO, choices=("auto", "asyncio", "uvloop"), aliases=(("none", "asyncio"),)),
     _s("http", str, "auto", "HTTP/1.1 parser: auto picks httptools when installed, else h11.",
        _PROTO, choices=("auto", "httptools", "h11")),
-    _s("http2", bool, False, "Serve HTTP/2 as well as HTTP/1.1.", _PROTO, bool_style="switch",
-       later=_H2),
+    _s("http2", bool, None, "Serve HTTP/2 as well as HTTP/1.1: TLS ALPN h2 and cleartext "
+       "prior knowledge.", _PROTO, default_text="on when h2 is installed"),
     _s("ws", str, "auto", "WebSocket implementation: auto picks websockets when installed, "
        "else wsproto; none serves upgrade requests as plain HTTP (websockets-sansio is accepted "
        "as another name for websockets).", _PROTO,
@@ -412,7 +411,7 @@ class Config:
     reset_contextvars: bool
     loop: str
     http: str
-    http2: bool
+    http2: bool | None
     ws: str
     ws_max_size: int
     ws_max_queue: int

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
     from sleipnir.config import Config
     from sleipnir.types import ASGIApp
+    from sleipnir.wire.h2 import H2Limits
 
 logger = logging.getLogger("sleipnir.error")
 
@@ -117,8 +118,9 @@ class Server:
         )
         ctx = AppContext(app, access, trace)
         # Before lifespan startup (as uvicorn): a TLS setting error must not start the app.
-        ssl_context = _ssl_context(config)
-        state = self.state = self._make_state(ctx)
+        h2_limits = _h2_limits(config)
+        ssl_context = _ssl_context(config, h2_limits is not None)
+        state = self.state = self._make_state(ctx, h2_limits)
         lifespan = config.lifespan
         if lifespan == "auto" and config.interface == "wsgi":
             lifespan = "off"
@@ -142,7 +144,7 @@ class Server:
                 raise StartupError("Startup interrupted by a signal")
         task.result()
 
-    def _make_state(self, ctx: AppContext) -> ServerState:
+    def _make_state(self, ctx: AppContext, h2: H2Limits | None = None) -> ServerState:
         config = self.config
         loop = asyncio.get_running_loop()
         static: list[tuple[bytes, bytes]] = []
@@ -184,6 +186,7 @@ class Server:
             request_limit=limit,
             on_request_limit=self._request_limit_reached,
             ws=ws,
+            h2=h2,
         )
 
     def _request_limit_reached(self) -> None:
@@ -353,10 +356,34 @@ def _ws_settings(config: Config) -> WSSettings | None:
     return None
 
 
-def _ssl_context(config: Config) -> ssl.SSLContext | None:
+def _h2_limits(config: Config) -> H2Limits | None:
+    """--http2: unset means on when h2 is installed; --http2 requires it."""
+    if config.http2 is False:
+        return None
+    try:
+        from sleipnir.wire.h2 import H2Limits
+    except ImportError:
+        if config.http2:
+            raise StartupError("--http2 needs the h2 package: pip install h2") from None
+        return None
+    return H2Limits(
+        max_header_list_size=config.limit_request_header_size,
+        max_header_count=config.limit_request_headers,
+        # RFC 8441 (WebSocket over HTTP/2) is not served yet: not advertised, so browsers keep
+        # opening WebSockets over HTTP/1.1.
+        enable_connect_protocol=False,
+    )
+
+
+def _ssl_context(config: Config, http2: bool = False) -> ssl.SSLContext | None:
     if not config.is_ssl:
         return None
-    from sleipnir.transport.tls import TLSConfigError, create_ssl_context
+    from sleipnir.transport.tls import (
+        DEFAULT_ALPN_PROTOCOLS,
+        H2_ALPN_PROTOCOLS,
+        TLSConfigError,
+        create_ssl_context,
+    )
 
     def default_factory() -> ssl.SSLContext:
         if not config.ssl_certfile:
@@ -369,6 +396,7 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
             cert_reqs=config.ssl_cert_reqs,
             ca_certs=config.ssl_ca_certs,
             ciphers=config.ssl_ciphers,
+            alpn_protocols=H2_ALPN_PROTOCOLS if http2 else DEFAULT_ALPN_PROTOCOLS,
         )
 
     try:

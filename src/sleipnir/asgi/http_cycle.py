@@ -54,7 +54,9 @@ class ASGIError(RuntimeError):
 class HTTPStream(Protocol):
     """What a cycle needs from its connection (one HTTP/1.1 exchange or one HTTP/2 stream)."""
 
-    write_paused: bool
+    @property
+    def write_paused(self) -> bool:
+        """True while ``send`` must await ``drain()`` (a full socket buffer, or no window)."""
 
     def start_response(
         self, cycle: HTTPCycle, status: int, headers: Headers, body: bytes, end: bool

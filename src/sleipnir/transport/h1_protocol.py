@@ -22,7 +22,7 @@ import contextvars
 import sys
 from collections import deque
 from collections.abc import Coroutine
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sleipnir.asgi.http_cycle import BODY_HIGH_WATER_BYTES, ASGIError, HTTPCycle
 from sleipnir.asgi.ws_cycle import WSCycle
@@ -33,11 +33,16 @@ from sleipnir.wire import h1_writer as w
 from sleipnir.wire import ws
 from sleipnir.wire.h1 import H1Error, H1Parser, Headers, RequestHead
 
+if TYPE_CHECKING:
+    from sleipnir.transport.h2_protocol import H2Protocol
+
 LINGER_S = 2.0  # how long to keep reading after an unread body before closing (RFC 9112 §9.6)
 FLUSH_BYTES = 65536  # gathered pipelined responses are written once they exceed this
 # A body up to this size is copied behind its head (one small write); a larger one is handed
 # to the transport beside it (one writev on uvloop), so a big body is never copied.
 COPY_MAX_BYTES = 16384
+# RFC 9113 §3.4; wire/h2.PREFACE, not imported from there: that would import h2 (optional).
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 # A fixed task name: left unnamed, every task formats "Task-<n>" when it is created.
@@ -113,6 +118,10 @@ class H1Protocol(WriteFlow):
         self._pipeline_progress = False
         self._ws: WSCycle | None = None  # a WebSocket handshake being answered
         self._handshake: ws.Handshake | None = None
+        # HTTP/2 prior knowledge: the first bytes are compared with the client preface until
+        # they differ (then never again: the HTTP/1.1 path pays one attribute test per read).
+        self._h2_probe = False
+        self._probe = b""
 
     # asyncio.Protocol ------------------------------------------------------------------------
 
@@ -139,6 +148,12 @@ class H1Protocol(WriteFlow):
         self._context = contextvars.copy_context()  # the server's, not any request's
         if state.shutting_down:
             self._close()
+        elif state.h2 is not None:
+            self._h2_probe = True
+            if self._scheme == "https":
+                ssl_object = transport.get_extra_info("ssl_object")
+                if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                    self._to_h2(b"")  # TLS ALPN chose HTTP/2 (RFC 9113 §3.2)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -173,6 +188,10 @@ class H1Protocol(WriteFlow):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        if self._h2_probe:
+            data = self._probe_h2(data)
+            if not data:
+                return
         if not self._head_timed and self.cycle is None and not self._lingering:
             # A head starts arriving: it has the request-header timeout to complete, counted
             # from the accept for a connection's first request (RFC 9112 §9.5 lets us close).
@@ -184,12 +203,90 @@ class H1Protocol(WriteFlow):
         except H1Error as exc:
             self._fail_request(exc)
 
+    def _probe_h2(self, data: bytes) -> bytes:
+        """Look for the HTTP/2 client preface (RFC 9113 §3.3) in the connection's first bytes,
+        which may come split; return the bytes that are HTTP/1.1 (b"" while undecided)."""
+        if self._probe:
+            data = self._probe + data
+            self._probe = b""
+        if len(data) >= len(_H2_PREFACE):
+            if data.startswith(_H2_PREFACE):
+                self._to_h2(data)
+                return b""
+        elif _H2_PREFACE.startswith(data):
+            self._probe = data  # a prefix of the preface, or of "POST ...": wait for more
+            return b""
+        self._h2_probe = False
+        return data
+
+    def _to_h2(self, data: bytes) -> None:
+        """Hand the transport (and ``data``, the client's first bytes) to an HTTP/2 connection."""
+        conn = self._h2_connection()
+        self._detach()
+        conn.start(data)
+
+    def _h2c_candidate(self, head: RequestHead) -> bool:
+        """An ``Upgrade: h2c`` request (RFC 7540 §3.2) this connection takes: cleartext, nothing
+        in flight, one ``HTTP2-Settings`` and no body (one with a body is served over HTTP/1.1:
+        the server may ignore Upgrade). The switch happens once the parser returned."""
+        if head.upgrade is None or head.upgrade.lower() != b"h2c":
+            return False
+        if self._scheme != "http" or self.cycle is not None or self._pipeline:
+            return False
+        settings = [v for n, v in head.headers if n == b"http2-settings"]
+        if len(settings) != 1 or any(
+            n == b"transfer-encoding" or (n == b"content-length" and v.strip() != b"0")
+            for n, v in head.headers
+        ):
+            return False
+        self.parser.stop()  # what follows (the client's preface) is held until the switch
+        self.deadline = 0.0
+        self._loop.call_soon(self._upgrade_h2c, head, settings[0])
+        return True
+
+    def _upgrade_h2c(self, head: RequestHead, settings: bytes) -> None:
+        if self.transport.is_closing():
+            return
+        conn = self._h2_connection()
+        switching = w.switching_protocols([(b"upgrade", b"h2c")], self._state.clock.defaults)
+        self._detach()
+        if not conn.start_upgrade(switching, settings, head, self.parser.take_held()):
+            self._state.clock.connections.add(self)
+            self._send_error(H1Error(400, "invalid HTTP2-Settings"))
+
+    def _detach(self) -> None:
+        """This object is done: the transport is an H2Protocol's from here."""
+        self._h2_probe = False
+        self._closing = True
+        self.deadline = 0.0
+        self._state.clock.connections.discard(self)
+
+    def _h2_connection(self) -> H2Protocol:
+        from sleipnir.transport.h2_protocol import H2Protocol
+
+        state = self._state
+        assert state.h2 is not None
+        return H2Protocol(
+            state,
+            state.h2,
+            self.transport,
+            client=self._client,
+            server=self._server,
+            scheme=self._scheme,
+            proxies=self._proxies,
+            client_label=self._client_label,
+            context=self._context,
+            plain_tasks=self._plain_tasks,
+        )
+
     # H1Handler: parser events ----------------------------------------------------------------
 
     def on_request(self, head: RequestHead) -> None:
         if self._closing or self._last_request:
             return
         state = self._state
+        if head.upgrade is not None and state.h2 is not None and self._h2c_candidate(head):
+            return
         root = state.root_path
         scope: dict[str, Any] = {
             "type": "http",

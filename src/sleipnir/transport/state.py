@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from sleipnir.middleware.proxy_headers import TrustedProxies
     from sleipnir.transport.clock import Clock
     from sleipnir.transport.ws_protocol import WSSettings
+    from sleipnir.wire.h2 import H2Limits
 
 logger = logging.getLogger("sleipnir.error")
 
@@ -39,6 +40,7 @@ class ServerState:
         request_limit: int | None,
         on_request_limit: Callable[[], None],
         ws: WSSettings | None = None,
+        h2: H2Limits | None = None,
     ) -> None:
         self.ctx = ctx
         self.clock = clock
@@ -54,6 +56,7 @@ class ServerState:
         self.request_limit = request_limit  # total_requests at which on_request_limit runs
         self.on_request_limit = on_request_limit
         self.ws = ws  # None: upgrade requests are served as plain HTTP (--ws none)
+        self.h2 = h2  # None: HTTP/1.1 only (--no-http2, or h2 not installed)
         self.lifespan_state: dict[str, Any] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.total_requests = 0

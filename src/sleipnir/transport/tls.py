@@ -12,7 +12,8 @@ Invariants
       suites, so it is treated as "default" (uvicorn 0.54 defaults to None: same result).
     * ``ssl_version`` ``PROTOCOL_TLS`` (2, uvicorn's old default) is read as
       ``PROTOCOL_TLS_SERVER``; ``PROTOCOL_TLS_CLIENT`` is refused.
-    * ALPN is always offered (``alpn_protocols``, ``["http/1.1"]`` today; ``"h2"`` later).
+    * ALPN is always offered (``alpn_protocols``): ``["http/1.1"]``, or ``H2_ALPN_PROTOCOLS``
+      (``"h2"`` first, RFC 9113 §3.2) when HTTP/2 is on.
 
 Like uvicorn's ``create_ssl_context`` in ``uvicorn/config.py`` (read, not copied), plus the
 diagnostics and the no-prompt rule above.
@@ -25,9 +26,16 @@ import ssl
 from collections.abc import Sequence
 from typing import Final
 
-__all__ = ["DEFAULT_ALPN_PROTOCOLS", "DEFAULT_CIPHERS", "TLSConfigError", "create_ssl_context"]
+__all__ = [
+    "DEFAULT_ALPN_PROTOCOLS",
+    "DEFAULT_CIPHERS",
+    "H2_ALPN_PROTOCOLS",
+    "TLSConfigError",
+    "create_ssl_context",
+]
 
 DEFAULT_ALPN_PROTOCOLS: Final = ("http/1.1",)
+H2_ALPN_PROTOCOLS: Final = ("h2", "http/1.1")
 DEFAULT_CIPHERS: Final = "TLSv1"  # uvicorn's historical --ssl-ciphers default; means "default"
 _DEFAULT_CIPHER_VALUES: Final = frozenset({"", DEFAULT_CIPHERS})
 

@@ -62,9 +62,10 @@ _SPECIAL = {
 class DefaultHeaders:
     """The headers the server adds unless the application set them (server, date, --header)."""
 
-    __slots__ = ("block", "lines", "names")
+    __slots__ = ("block", "lines", "names", "pairs")
 
     def __init__(self, lines: list[tuple[bytes, bytes]]) -> None:
+        self.pairs = [(name.lower(), value) for name, value in lines]  # HTTP/2's field list
         self.lines = [(name.lower(), b"%s: %s\r\n" % (name, value)) for name, value in lines]
         self.names = frozenset(name for name, _ in self.lines)
         self.block = b"".join(line for _, line in self.lines)

@@ -1,0 +1,491 @@
+"""The HTTP/2 connection: an ``asyncio.Protocol`` joining the codec, the streams' cycles and
+the socket.
+
+An HTTP/1.1 connection hands its transport over (``H1Protocol``): after TLS ALPN chose "h2",
+or when the first bytes are the cleartext client preface (prior knowledge). Each stream runs
+the same ``HTTPCycle`` as an HTTP/1.1 request, through an ``H2Stream``.
+
+Invariants:
+- Every codec call's bytes are written in call order, gathered in ``_out`` and written once
+  per loop iteration (one ``write`` for a read's control frames and the responses of the
+  streams it started).
+- A stream's response body goes out as far as the flow-control windows allow; the rest waits
+  in ``H2Stream._pending`` and the app's ``send`` awaits ``drain()`` until ``on_window_open``
+  takes it. A stream is closed in the codec (``close_stream``) only once its cycle ended and
+  nothing is pending, so its concurrency slot is held while the app runs (Rapid Reset).
+- Request body bytes go back to the client's windows when the app consumed them
+  (``body_consumed``): a slow reader stops its own upload, not the others.
+- ``deadline`` is 0 while a stream is open; otherwise when the idle connection gets GOAWAY
+  and is closed (the keep-alive timeout).
+- After our GOAWAY (shutdown, idle) or the client's, the connection closes when the last open
+  stream is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from typing import TYPE_CHECKING, Any, cast
+
+from sleipnir.asgi.http_cycle import ASGIError, HTTPCycle
+from sleipnir.transport.flow import WriteFlow
+from sleipnir.transport.h1_protocol import _create_task
+from sleipnir.wire import h2
+from sleipnir.wire.h1 import Headers, RequestHead
+from sleipnir.wire.h1_writer import ResponseHeaderError
+
+if TYPE_CHECKING:
+    from sleipnir.middleware.proxy_headers import TrustedProxies
+    from sleipnir.transport.state import ServerState
+
+logger = logging.getLogger("sleipnir.error")
+
+_NO_BODY_STATUS = frozenset((204, 304))
+
+
+class H2Stream:
+    """One request/response exchange on an HTTP/2 connection (the cycle's ``HTTPStream``)."""
+
+    __slots__ = (
+        "_conn",
+        "_pending",
+        "_pending_end",
+        "_waiter",
+        "answered",
+        "body_bytes",
+        "cycle",
+        "cycle_ended",
+        "gone",
+        "head_request",
+        "no_body",
+        "sid",
+        "unacked",
+    )
+
+    def __init__(self, conn: H2Protocol, sid: int, head_request: bool) -> None:
+        self._conn = conn
+        self.sid = sid
+        self.head_request = head_request
+        self.cycle: HTTPCycle | None = None
+        self.no_body = False  # the response carries no body (HEAD, 204, 304): END_STREAM sent
+        self.answered = False  # the server answered the stream itself (413): the app is ignored
+        self.gone = False  # reset by the client, or the connection is lost
+        self.cycle_ended = False
+        self.unacked = 0  # request body bytes received and not yet given back to the windows
+        self.body_bytes = 0
+        self._pending: bytes | None = None  # response body waiting for window
+        self._pending_end = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    # HTTPStream ------------------------------------------------------------------------------
+
+    @property
+    def write_paused(self) -> bool:
+        return self._pending is not None or self._conn.write_paused
+
+    def start_response(
+        self, cycle: HTTPCycle, status: int, headers: Headers, body: bytes, end: bool
+    ) -> None:
+        if self.gone or self.answered:
+            return
+        if status < 200:
+            raise ASGIError(f"informational status {status} as the final response")
+        conn = self._conn
+        no_body = self.head_request or status in _NO_BODY_STATUS
+        pairs = conn.state.clock.defaults.pairs
+        if pairs or end:
+            names = {name.lower() for name, _ in headers}
+            extra = [pair for pair in pairs if pair[0] not in names]
+            if end and status not in _NO_BODY_STATUS and b"content-length" not in names:
+                # The whole body is known: say its length, as HTTP/1.1 does.
+                extra.append((b"content-length", b"%d" % len(body)))
+            if extra:
+                headers = [*headers, *extra]
+        try:
+            out = conn.codec.send_headers(self.sid, status, headers, no_body or (end and not body))
+        except ResponseHeaderError as exc:
+            raise ASGIError(f"refused response head: {exc}") from None
+        conn.write(out)
+        if no_body:
+            self.no_body = True  # later body messages are dropped
+        elif body:
+            self._send(body, end)
+
+    def send_body(self, cycle: HTTPCycle, body: bytes, end: bool) -> None:
+        if self.gone or self.answered or self.no_body:
+            return
+        if self._pending is not None:  # a final message sent while blocked: queue behind
+            self._pending += body
+            self._pending_end = end
+            return
+        self._send(body, end)
+
+    def _send(self, body: bytes, end: bool) -> None:
+        conn = self._conn
+        data, taken = conn.codec.send_data(self.sid, body, end)
+        conn.write(data)
+        if taken < len(body):
+            self._pending = body[taken:]
+            self._pending_end = end
+
+    def flush(self) -> None:
+        """A window opened: send what waits; wake the app once all of it went out."""
+        pending = self._pending
+        if pending is None:
+            return
+        conn = self._conn
+        data, taken = conn.codec.send_data(self.sid, pending, self._pending_end)
+        conn.write(data)
+        if taken < len(pending):
+            self._pending = pending[taken:]
+            return
+        self._pending = None
+        self._wake()
+        if self.cycle_ended:
+            conn.close_stream(self)
+
+    def abort(self, cycle: HTTPCycle) -> None:
+        self._pending = None
+        self._wake()
+        if not self.gone:
+            conn = self._conn
+            conn.write(conn.codec.reset(self.sid, h2.INTERNAL_ERROR))
+
+    async def drain(self) -> None:
+        while self._pending is not None and not self.gone:
+            waiter = self._waiter = self._conn.loop.create_future()
+            await waiter
+        if self._conn.write_paused:
+            await self._conn.drain()
+
+    def body_wanted(self, cycle: HTTPCycle) -> None:
+        if cycle.expect_continue and not cycle.response_started:
+            cycle.expect_continue = False
+            if not self.gone:
+                conn = self._conn
+                conn.write(conn.codec.send_informational(self.sid, 100, ()))
+
+    def body_consumed(self, cycle: HTTPCycle) -> None:
+        size = self.unacked
+        if size and not self.gone:
+            self.unacked = 0
+            conn = self._conn
+            conn.write(conn.codec.acknowledge(self.sid, size))
+
+    def cycle_done(self, cycle: HTTPCycle) -> None:
+        task = cycle.task
+        if task is not None:
+            self._conn.state.tasks.discard(task)
+        self.cycle_ended = True
+        if self._pending is None:
+            self._conn.close_stream(self)
+        # else: closed once the rest of the body went out (flush) or the connection is lost
+
+    # From the connection ---------------------------------------------------------------------
+
+    def lost(self) -> None:
+        """The client reset the stream, or the connection is gone."""
+        self.gone = True
+        pending, self._pending = self._pending, None
+        self._wake()
+        if self.cycle is not None:
+            self.cycle.connection_lost()
+        if pending is not None and self.cycle_ended:  # the app is done; only its body waited
+            self._conn.close_stream(self)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class H2Protocol(WriteFlow):
+    """One HTTP/2 connection, on a transport taken over from an HTTP/1.1 connection."""
+
+    def __init__(
+        self,
+        state: ServerState,
+        limits: h2.H2Limits,
+        transport: asyncio.BaseTransport,
+        *,
+        client: tuple[str, int] | None,
+        server: tuple[str, int | None] | None,
+        scheme: str,
+        proxies: TrustedProxies | None,
+        client_label: str,
+        context: contextvars.Context,
+        plain_tasks: bool,
+    ) -> None:
+        self.state = state
+        self.loop = self._loop = asyncio.get_running_loop()
+        self.transport = cast(asyncio.Transport, transport)
+        self.codec = h2.H2Codec(self, limits)
+        self._client = client
+        self._server = server
+        self._scheme = scheme
+        self._proxies = proxies
+        self._client_label = client_label
+        self._context = context
+        self._plain_tasks = plain_tasks
+        self.streams: dict[int, H2Stream] = {}
+        self.deadline = 0.0
+        self.write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._out: list[bytes] | None = None
+        self._closed = False
+        self._client_goaway = False
+
+    def start(self, data: bytes) -> None:
+        """Take the transport over: our preface, then what the client sent so far."""
+        self.write(self.codec.initiate())
+        self._idle()
+        self._attach(data)
+
+    def start_upgrade(
+        self, switching: bytes, settings: bytes, head: RequestHead, data: bytes
+    ) -> bool:
+        """h2c Upgrade of a request without a body: ``switching`` (the 101), our preface, and
+        the request as stream 1; then ``data``, what followed it. False (nothing written, the
+        transport untouched) when ``HTTP2-Settings`` is invalid."""
+        try:
+            preface = self.codec.initiate_upgrade(settings, head)  # starts stream 1
+        except ValueError:
+            return False
+        queued = self._out or []  # a refusal of stream 1 (503) goes after the 101
+        self._out = None
+        self.write(switching + preface)
+        for chunk in queued:
+            self.write(chunk)
+        self._attach(data)
+        return True
+
+    def _attach(self, data: bytes) -> None:
+        transport = self.transport
+        transport.set_protocol(self)
+        state = self.state
+        state.clock.connections.add(self)
+        if not transport.is_reading():
+            transport.resume_reading()
+        if state.shutting_down:
+            self.shutdown()
+        if data:
+            self.data_received(data)
+
+    # asyncio.Protocol ------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        try:
+            out = self.codec.feed(data)
+        except h2.H2ConnectionError as exc:
+            self.state.bad_request_log.log(
+                "h2-connection-error",
+                "%s - HTTP/2 connection error: %s",
+                self._client_label,
+                exc.reason,
+            )
+            self.write(exc.goaway)
+            self._close()
+            return
+        self.write(out)
+
+    def eof_received(self) -> bool | None:
+        return None  # the transport closes; connection_lost ends the streams
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._out = None
+        self.state.clock.connections.discard(self)
+        for stream in list(self.streams.values()):
+            stream.lost()
+        self.streams.clear()
+        self._wake_drain()
+
+    def _gone(self) -> bool:
+        return self._closed
+
+    # H2Handler -------------------------------------------------------------------------------
+
+    def on_request(self, stream_id: int, head: RequestHead) -> None:
+        state = self.state
+        self.deadline = 0.0
+        stream = H2Stream(self, stream_id, head.method == "HEAD")
+        self.streams[stream_id] = stream
+        limit = state.limit_concurrency
+        if limit is not None and (
+            len(state.clock.connections) > limit or len(state.tasks) >= limit
+        ):
+            self._answer(stream, 503, "server at its concurrency limit")
+            return
+        limit_body = state.limit_request_body
+        if limit_body is not None and _declared_length(head.headers) > limit_body:
+            self._answer(stream, 413, "declared request body larger than the limit")
+            return
+        root = state.root_path
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "2",
+            "server": self._server,
+            "client": self._client,
+            "scheme": self._scheme,
+            "method": head.method,
+            "root_path": root,
+            "path": root + head.path if root else head.path,
+            "raw_path": root.encode() + head.raw_path if root else head.raw_path,
+            "query_string": head.query_string,
+            "headers": head.headers,
+            "state": state.lifespan_state.copy(),
+            "extensions": {"http.response.pathsend": {}},
+        }
+        if self._proxies is not None:
+            self._proxies.apply_trusted(scope)
+        cycle = stream.cycle = HTTPCycle(scope, stream, state.ctx, head.expect_continue)
+        # Each stream's app runs in its own task, with its own copy of the connection's
+        # starting context (never another stream's), as HTTP/1.1 requests do.
+        context = contextvars.Context() if state.reset_contextvars else self._context.copy()
+        cycle.task = task = _create_task(self.loop, cycle.run(), context, self._plain_tasks)
+        state.tasks.add(task)
+
+    def on_body(self, stream_id: int, data: bytes) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.cycle is None or stream.answered:
+            return  # given back to the windows by close_stream
+        stream.unacked += len(data)
+        limit = self.state.limit_request_body
+        if limit is not None:
+            stream.body_bytes += len(data)
+            if stream.body_bytes > limit:
+                cycle = stream.cycle
+                if cycle.response_started:
+                    stream.abort(cycle)
+                else:
+                    self._answer(stream, 413, "request body larger than the limit")
+                cycle.connection_lost()  # the app sees http.disconnect
+                return
+        stream.cycle.body_received(data)
+
+    def on_complete(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None and stream.cycle is not None:
+            stream.cycle.message_complete()
+
+    def on_reset(self, stream_id: int, error_code: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.lost()  # http.disconnect for this stream's app only
+
+    def on_window_open(self, stream_id: int) -> None:
+        if stream_id:
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                stream.flush()
+            return
+        for stream in list(self.streams.values()):
+            stream.flush()
+
+    def on_goaway(self, error_code: int, last_stream_id: int) -> None:
+        self._client_goaway = True
+        if not self.streams:
+            self._close()
+
+    def on_refused(self, stream_id: int, reason: str) -> None:
+        self.state.log_bad_request(self._client_label, 400, f"HTTP/2 stream refused: {reason}")
+
+    # Streams ---------------------------------------------------------------------------------
+
+    def _answer(self, stream: H2Stream, status: int, reason: str) -> None:
+        """Answer a stream without (or instead of) the app; it closes at once if no app runs."""
+        stream.answered = True
+        state = self.state
+        state.log_bad_request(self._client_label, status, reason)
+        body = reason.encode() + b"\n"
+        headers: Headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"%d" % len(body)),
+            *state.clock.defaults.pairs,
+        ]
+        codec = self.codec
+        self.write(codec.send_headers(stream.sid, status, headers, False))
+        data, taken = codec.send_data(stream.sid, body, True)
+        self.write(data)
+        if taken < len(body):  # no window for a few bytes: give up on the stream
+            self.write(codec.reset(stream.sid, h2.CANCEL))
+        if stream.cycle is None:
+            stream.cycle_ended = True
+            self.close_stream(stream)
+
+    def close_stream(self, stream: H2Stream) -> None:
+        if self.streams.pop(stream.sid, None) is None:
+            return
+        state = self.state
+        if not self._closed:
+            self.write(self.codec.close_stream(stream.sid))
+        state.total_requests += 1
+        if state.total_requests == state.request_limit:
+            state.on_request_limit()
+        if not self.streams:
+            if self.codec.draining or self._client_goaway or state.shutting_down:
+                self.shutdown()
+            else:
+                self._idle()
+
+    def _idle(self) -> None:
+        self.deadline = self.loop.time() + self.state.timeout_keep_alive_s
+
+    # Deadlines, shutdown, closing ------------------------------------------------------------
+
+    def on_deadline(self) -> None:
+        self.deadline = 0.0
+        if not self.streams:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """GOAWAY: no new streams; close now if idle, else once the open streams are done."""
+        if self._closed:
+            return
+        self.write(self.codec.goaway())
+        if not self.streams:
+            self._close()
+
+    def _close(self) -> None:
+        self.deadline = 0.0
+        self._flush()
+        self._closed = True
+        self.transport.close()
+
+    # Writing ---------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes for the end of this loop iteration (one write for many streams)."""
+        if not data or self._closed:
+            return
+        out = self._out
+        if out is None:
+            self._out = [data]
+            self.loop.call_soon(self._flush)
+        else:
+            out.append(data)
+
+    def _flush(self) -> None:
+        out = self._out
+        self._out = None
+        if out and not self._closed:
+            if len(out) == 1:
+                self.transport.write(out[0])
+            else:
+                self.transport.writelines(out)
+
+
+def _declared_length(headers: Headers) -> int:
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return -1
+    return -1
