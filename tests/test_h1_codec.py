@@ -501,3 +501,41 @@ def test_refusals(
         assert got and got[0].complete, "accepted (llhttp/h11 difference, see the row)"
     else:
         assert refusal(parser, data, size).status == status
+
+
+# Upgrade requests the server does not switch on (RFC 9110 §7.8: it may ignore Upgrade) -----
+
+_UPGRADE_FOO = b"Upgrade: foo\r\nConnection: upgrade\r\n"
+
+
+@pytest.mark.parametrize("size", [0, 1, 7])
+@pytest.mark.parametrize(
+    ("framing", "body"),
+    [
+        (b"Content-Length: 5\r\n", b"hello"),
+        (b"Transfer-Encoding: chunked\r\n", b"2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n"),
+    ],
+    ids=["content-length", "chunked"],
+)
+def test_ignored_upgrade_keeps_the_body(
+    parser: str, size: int, framing: bytes, body: bytes
+) -> None:
+    """llhttp stops right after the head of an Upgrade request and never parses its body; a
+    request that is served as HTTP/1.1 must still get its body, and the next request must
+    parse (h2c with a body, or any unknown protocol, takes this path)."""
+    data = (
+        b"POST /up HTTP/1.1\r\n" + HOST + _UPGRADE_FOO + framing + b"\r\n" + body
+        + b"GET /next HTTP/1.1\r\n" + HOST + b"\r\n"
+    )  # fmt: skip
+    requests = parse(parser, data, size)
+    assert summary(requests) == [
+        ("POST", b"/up", b"", b"hello", True),
+        ("GET", b"/next", b"", b"", True),
+    ]
+    assert requests[0].head.upgrade == b"foo"
+
+
+def test_ignored_upgrade_without_body(parser: str) -> None:
+    data = b"GET /up HTTP/1.1\r\n" + HOST + _UPGRADE_FOO + b"\r\nGET /next HTTP/1.1\r\n" + HOST
+    requests = parse(parser, data + b"\r\n")
+    assert summary(requests) == [("GET", b"/up", b"", b"", True), ("GET", b"/next", b"", b"", True)]

@@ -4,9 +4,11 @@ Invariants:
 - Every head goes through ``h1.build_head`` before the handler sees it.
 - The bytes of an unfinished head are counted, so a head that never ends (slowloris, a huge
   header) is refused once it passes the configured size, before llhttp buffers more of it.
-- After an Upgrade or CONNECT head llhttp stops. If the connection switches (``stop()``, a
-  WebSocket handshake), the bytes that followed are held for the new protocol; otherwise
-  parsing resumes with a fresh parser on them.
+- After an Upgrade or CONNECT head llhttp stops, before any body. If the connection switches
+  (``stop()``, a WebSocket handshake), the bytes that followed are held for the new protocol.
+  Otherwise the request is served as HTTP/1.1 (RFC 9110 §7.8 lets a server ignore Upgrade):
+  its body, if it declared one, is read by a fresh parser primed with the same framing
+  (``_replay``), and only then is the request complete.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class HttptoolsParser:
         "_limits",
         "_max_head_bytes",
         "_parser",
+        "_replay",
+        "_replaying",
         "_stopped",
         "_url",
     )
@@ -54,6 +58,8 @@ class HttptoolsParser:
         self._feed_bytes = 0
         self._stopped = False
         self._held = b""
+        self._replay: bytes | None = None  # the framing line of a body llhttp left unread
+        self._replaying = False
 
     def head_in_progress(self) -> bool:
         return self._in_head
@@ -106,11 +112,24 @@ class HttptoolsParser:
 
     def _upgraded(self, rest: bytes) -> None:
         """llhttp stopped after an Upgrade or CONNECT head: hold the rest for the new protocol
-        if the handler switched (``stop()``), else go on parsing it as HTTP/1.1."""
+        if the handler switched (``stop()``), else go on parsing it as HTTP/1.1, starting
+        with the request's own body when it declared one."""
         if self._stopped:
             self._held = rest
-        else:
+            return
+        framing = self._replay
+        if framing is None:
             self._restart(rest)
+            return
+        # A fresh parser is primed with a head of the same framing, whose callbacks are
+        # swallowed (_replaying): the body in ``rest`` then reaches the handler as this
+        # request's body, with llhttp's chunked parsing and checks.
+        self._replay = None
+        self._replaying = True
+        self._parser = self._new_parser()
+        self._parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n")
+        if rest:
+            self.feed(rest)
 
     def _restart(self, rest: bytes) -> None:
         self._parser = self._new_parser()
@@ -120,6 +139,8 @@ class HttptoolsParser:
     # httptools callbacks -------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._replaying:
+            return
         if self._closed:
             # llhttp may see keep-alive where we do not (HTTP/1.0 with "keep-alive, close").
             raise H1Error(400, "request after the last request of the connection")
@@ -130,6 +151,8 @@ class HttptoolsParser:
         self._head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
+        if self._replaying:
+            return
         if self._url:  # the target arrived in pieces (split reads)
             url = self._url + url
         self._url = url
@@ -137,12 +160,15 @@ class HttptoolsParser:
             raise H1Error(414, "request-target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_trailers:
+        if self._in_trailers or self._replaying:
             return  # trailer fields are not passed to ASGI apps (RFC 9112 §7.1.2 allows it)
         # build_head checks the count; the head-bytes limit in feed() bounds the list meanwhile.
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._replaying:  # the primed head: its request is the one already delivered
+            self._replaying = False
+            return
         parser = self._parser
         method = parser.get_method()
         head = build_head(
@@ -157,13 +183,28 @@ class HttptoolsParser:
         self._in_trailers = True
         self._keep_alive = head.keep_alive
         self._handler.on_request(head)
+        if parser.should_upgrade() and not self._stopped:
+            self._replay = _framing_line(head.headers)
 
     def on_body(self, body: bytes) -> None:
         self._handler.on_body(body)
 
     def on_message_complete(self) -> None:
+        if self._replay is not None:
+            return  # llhttp skipped the body: the request completes after it (_upgraded)
         self._closed = not self._keep_alive
         self._handler.on_complete()
+
+
+def _framing_line(headers: Headers) -> bytes | None:
+    """The framing of a request's body as a header line (build_head has validated it), or
+    None when it has none."""
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return b"transfer-encoding: chunked\r\n"  # build_head accepts nothing else
+        if name == b"content-length" and value != b"0":
+            return b"content-length: " + value + b"\r\n"
+    return None
 
 
 def _classify(message: str) -> tuple[int, str]:
