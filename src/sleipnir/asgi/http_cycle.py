@@ -22,7 +22,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sleipnir.wire.h1 import Headers
+from sleipnir.wire.h1 import Headers, RequestHead
 
 if TYPE_CHECKING:
     from sleipnir.logging import AccessLog
@@ -45,6 +45,37 @@ _ERROR_HEADERS: Headers = [
     (b"content-type", b"text/plain; charset=utf-8"),
     (b"connection", b"close"),
 ]
+
+
+def http_scope(
+    head: RequestHead,
+    root_path: str,
+    server: tuple[str, int | None] | None,
+    client: tuple[str, int] | None,
+    scheme: str,
+    lifespan_state: dict[str, Any],
+) -> Scope:
+    """The ASGI ``http`` scope of one request (spec 2.4), for HTTP/1.1 and HTTP/2 alike.
+
+    Everything an app may mutate is fresh per request: the scope, the state copy, the
+    extensions. ``root_path`` is prefixed to ``path`` and ``raw_path`` (as uvicorn does).
+    """
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": head.http_version,
+        "server": server,
+        "client": client,
+        "scheme": scheme,
+        "method": head.method,
+        "root_path": root_path,
+        "path": root_path + head.path if root_path else head.path,
+        "raw_path": root_path.encode() + head.raw_path if root_path else head.raw_path,
+        "query_string": head.query_string,
+        "headers": head.headers,
+        "state": lifespan_state.copy(),
+        "extensions": {"http.response.pathsend": {}},
+    }
 
 
 class ASGIError(RuntimeError):

@@ -24,14 +24,14 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
-from sleipnir.asgi.http_cycle import BODY_HIGH_WATER_BYTES, ASGIError, HTTPCycle
+from sleipnir.asgi.http_cycle import BODY_HIGH_WATER_BYTES, ASGIError, HTTPCycle, http_scope
 from sleipnir.asgi.ws_cycle import WSCycle
 from sleipnir.transport.flow import WriteFlow
 from sleipnir.transport.state import ServerState
 from sleipnir.transport.ws_protocol import WSConnection
 from sleipnir.wire import h1_writer as w
 from sleipnir.wire import ws
-from sleipnir.wire.h1 import H1Error, H1Parser, Headers, RequestHead
+from sleipnir.wire.h1 import H1Error, H1Parser, Headers, RequestHead, declared_length
 
 if TYPE_CHECKING:
     from sleipnir.transport.h2_protocol import H2Protocol
@@ -287,23 +287,9 @@ class H1Protocol(WriteFlow):
         state = self._state
         if head.upgrade is not None and state.h2 is not None and self._h2c_candidate(head):
             return
-        root = state.root_path
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": head.http_version,
-            "server": self._server,
-            "client": self._client,
-            "scheme": self._scheme,
-            "method": head.method,
-            "root_path": root,
-            "path": root + head.path if root else head.path,
-            "raw_path": root.encode() + head.raw_path if root else head.raw_path,
-            "query_string": head.query_string,
-            "headers": head.headers,
-            "state": state.lifespan_state.copy(),
-            "extensions": {"http.response.pathsend": {}},
-        }
+        scope = http_scope(
+            head, state.root_path, self._server, self._client, self._scheme, state.lifespan_state
+        )
         if self._proxies is not None:
             self._proxies.apply_trusted(scope)
         cycle = HTTPCycle(scope, self, state.ctx, head.expect_continue)
@@ -414,7 +400,7 @@ class H1Protocol(WriteFlow):
             self._service_unavailable(cycle)
             return
         limit_body = state.limit_request_body
-        if limit_body is not None and _declared_length(head.headers) > limit_body:
+        if limit_body is not None and declared_length(head.headers) > limit_body:
             # Refuse before reading the body (RFC 9110 §15.5.14), then close.
             self._fail_request(H1Error(413, "declared request body larger than the limit"))
             return
@@ -706,13 +692,6 @@ class H1Protocol(WriteFlow):
 
 # Headers of the 101 that the server writes itself; an app's own copies are dropped.
 _HANDSHAKE_OWN = frozenset((b"upgrade", b"connection", b"sec-websocket-accept"))
-
-
-def _declared_length(headers: Headers) -> int:
-    for name, value in headers:
-        if name == b"content-length":
-            return int(value.split(b",")[0])
-    return -1
 
 
 def _chunk_parts(body: bytes, end: bool) -> list[bytes]:

@@ -26,13 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
-from sleipnir.asgi.http_cycle import ASGIError, HTTPCycle
+from sleipnir.asgi.http_cycle import ASGIError, HTTPCycle, http_scope
 from sleipnir.transport.flow import WriteFlow
 from sleipnir.transport.h1_protocol import _create_task
 from sleipnir.wire import h2
-from sleipnir.wire.h1 import Headers, RequestHead
+from sleipnir.wire.h1 import Headers, RequestHead, declared_length
 from sleipnir.wire.h1_writer import ResponseHeaderError
 
 if TYPE_CHECKING:
@@ -322,26 +322,12 @@ class H2Protocol(WriteFlow):
             self._answer(stream, 503, "server at its concurrency limit")
             return
         limit_body = state.limit_request_body
-        if limit_body is not None and _declared_length(head.headers) > limit_body:
+        if limit_body is not None and declared_length(head.headers) > limit_body:
             self._answer(stream, 413, "declared request body larger than the limit")
             return
-        root = state.root_path
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": "2",
-            "server": self._server,
-            "client": self._client,
-            "scheme": self._scheme,
-            "method": head.method,
-            "root_path": root,
-            "path": root + head.path if root else head.path,
-            "raw_path": root.encode() + head.raw_path if root else head.raw_path,
-            "query_string": head.query_string,
-            "headers": head.headers,
-            "state": state.lifespan_state.copy(),
-            "extensions": {"http.response.pathsend": {}},
-        }
+        scope = http_scope(
+            head, state.root_path, self._server, self._client, self._scheme, state.lifespan_state
+        )
         if self._proxies is not None:
             self._proxies.apply_trusted(scope)
         cycle = stream.cycle = HTTPCycle(scope, stream, state.ctx, head.expect_continue)
@@ -479,13 +465,3 @@ class H2Protocol(WriteFlow):
                 self.transport.write(out[0])
             else:
                 self.transport.writelines(out)
-
-
-def _declared_length(headers: Headers) -> int:
-    for name, value in headers:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return -1
-    return -1

@@ -158,6 +158,17 @@ def host_known_good(host: bytes) -> bool:
     return host in _GOOD_HOSTS
 
 
+def declared_length(headers: Headers) -> int:
+    """The Content-Length of a validated request head (one value, digits), -1 without one."""
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return -1
+    return -1
+
+
 def split_target(method: str, target: bytes) -> tuple[bytes, bytes, bytes | None]:
     """Split a request-target into (raw_path, query_string, authority-or-None).
 
