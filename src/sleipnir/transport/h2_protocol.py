@@ -33,7 +33,7 @@ from sleipnir.transport.flow import WriteFlow
 from sleipnir.transport.h1_protocol import _create_task
 from sleipnir.wire import h2
 from sleipnir.wire.h1 import Headers, RequestHead, declared_length
-from sleipnir.wire.h1_writer import ResponseHeaderError
+from sleipnir.wire.h1_writer import ResponseHeaderError, error_body
 
 if TYPE_CHECKING:
     from sleipnir.middleware.proxy_headers import TrustedProxies
@@ -389,7 +389,7 @@ class H2Protocol(WriteFlow):
         stream.answered = True
         state = self.state
         state.log_bad_request(self._client_label, status, reason)
-        body = reason.encode() + b"\n"
+        body = error_body(status, reason)
         headers: Headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", b"%d" % len(body)),

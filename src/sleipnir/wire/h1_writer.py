@@ -195,11 +195,17 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
+def error_body(status: int, reason: str) -> bytes:
+    """The text of a response the server makes itself (an error, 503, 413...): the status's
+    phrase and the reason, the same over HTTP/1.1 and HTTP/2."""
+    return f"{HTTPStatus(status).phrase}: {reason}\n".encode("latin-1", "replace")
+
+
 def simple_response(
     status: int, reason: str, defaults: DefaultHeaders, headers: Headers | None = None
 ) -> bytes:
     """A complete short text response that closes the connection (errors, 408, 503)."""
-    body = f"{HTTPStatus(status).phrase}: {reason}\n".encode("latin-1", "replace")
+    body = error_body(status, reason)
     extra = b"".join(b"%s: %s\r\n" % pair for pair in headers) if headers else b""
     return b"%scontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n%s%s%s\r\n%s" % (
         status_line(status),
