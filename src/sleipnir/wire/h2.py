@@ -61,6 +61,7 @@ from sleipnir.wire.h2_fields import (
     response_block,
     upgraded_request,
 )
+from sleipnir.wire.h2_hpack import MemoDecoder, MemoEncoder
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -207,6 +208,8 @@ class H2Codec:
             normalize_inbound_headers=False,
         )
         conn = self._conn = H2Connection(config)
+        conn.encoder = MemoEncoder()  # hpack's, skipping blocks it already coded (h2_hpack)
+        conn.decoder = MemoDecoder()
         conn.local_settings = Settings(
             client=False,
             initial_values={
