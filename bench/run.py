@@ -72,6 +72,7 @@ class Preset:
     note: str = ""
     # takes uvicorn's --ws flag: WebSocket workloads append `--ws <--ws option>` to its command
     ws_flag: bool = False
+    h2: bool = False  # serves HTTP/2 with prior knowledge on the same port (the h2 workload)
 
 
 PRESETS: dict[str, Preset] = {
@@ -80,6 +81,7 @@ PRESETS: dict[str, Preset] = {
         frozenset({"base", "sleipnir"}),
         "this checkout, httptools + uvloop",
         ws_flag=True,
+        h2=True,
     ),
     "uvicorn-httptools-uvloop": Preset(
         "{bin}/uvicorn " + COMMON + " --http httptools --loop uvloop",
@@ -101,12 +103,14 @@ PRESETS: dict[str, Preset] = {
         " --blocking-threads 1",
         frozenset({"base", "peers"}),
         "Rust I/O; one worker, one runtime thread",
+        h2=True,
     ),
     "hypercorn-uvloop": Preset(
         "{bin}/hypercorn {app} -c {bench}/hypercorn.toml -b {host}:{port} --log-level warning"
         " -k uvloop",
         frozenset({"base", "peers"}),
         "supervisor + 1 worker process",
+        h2=True,
     ),
 }
 DEFAULT_SERVERS = ["sleipnir", BASELINE]
@@ -134,6 +138,8 @@ class Workload:
     lua: str = ""
     lua_args: tuple[str, ...] = ()
     ws_size: int = 0  # > 0: a WebSocket echo workload, messages of this many bytes
+    h2_streams: int = 0  # > 0: HTTP/2 with h2load, this many concurrent streams per connection
+    baseline: str = ""  # compare with this preset instead of --baseline (if it runs)
 
     @property
     def unit(self) -> str:
@@ -141,7 +147,7 @@ class Workload:
 
     @property
     def client(self) -> str:
-        return "client" if self.ws_size else "wrk"
+        return "client" if self.ws_size else "h2load" if self.h2_streams else "wrk"
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -151,6 +157,13 @@ WORKLOADS: dict[str, Workload] = {
     "large-1m": Workload("apps:large", 16, "GET, 1 MiB response"),
     "pipeline16": Workload(
         "apps:plaintext", 64, "plaintext, 16 requests per write", "pipeline.lua", ("16",)
+    ),
+    "h2": Workload(
+        "apps:plaintext",
+        16,
+        "HTTP/2 cleartext (prior knowledge), 16 streams per connection, 13-byte text/plain",
+        h2_streams=16,
+        baseline="hypercorn-uvloop",  # uvicorn has no HTTP/2
     ),
     "ws-echo": Workload(
         "ws_echo:app",
@@ -176,8 +189,9 @@ def run_checked(argv: Sequence[str], **kw: Any) -> None:
 
 
 def ensure_tools() -> None:
-    """wrk and taskset, from Debian packages if missing (as root, or with password-less sudo)."""
-    missing = [t for t in ("wrk", "taskset") if not shutil.which(t)]
+    """wrk, h2load and taskset, from Debian packages if missing (as root, or with password-less
+    sudo)."""
+    missing = [t for t in ("wrk", "h2load", "taskset") if not shutil.which(t)]
     if not missing:
         return
     sudo: list[str] = []
@@ -188,11 +202,11 @@ def ensure_tools() -> None:
             sys.exit(
                 f"missing {missing}: install them (apt-get install wrk util-linux) or run as root"
             )
-    log(f"[setup] apt-get installing wrk util-linux (missing: {', '.join(missing)})")
+    log(f"[setup] apt-get installing wrk nghttp2-client util-linux (missing: {missing})")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     run_checked([*sudo, "apt-get", "update", "-qq"], env=env)
     run_checked(
-        [*sudo, "apt-get", "install", "-y", "-qq", "wrk", "util-linux"],
+        [*sudo, "apt-get", "install", "-y", "-qq", "wrk", "nghttp2-client", "util-linux"],
         env=env,
         stdout=subprocess.DEVNULL,
     )
@@ -601,26 +615,56 @@ def wrk_argv(w: Workload, port: int, seconds: float, conns: int) -> list[str]:
     return argv
 
 
+def h2load_argv(w: Workload, port: int, seconds: float, conns: int) -> list[str]:
+    secs = max(1, round(seconds))
+    return [
+        "h2load",
+        "-t1",
+        f"-c{conns}",
+        f"-m{w.h2_streams}",
+        f"-D{secs}",
+        f"http://{HOST}:{port}/",
+    ]
+
+
+def parse_h2load(out: str) -> dict[str, Any]:
+    """h2load's summary: requests done and failed, the rate; it reports no percentiles."""
+    r: dict[str, Any] = {"p50_ms": None, "p99_ms": None}
+    m = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", out)
+    r["rps"] = float(m.group(2)) if m else 0.0
+    m = re.search(
+        r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, "
+        r"(\d+) errored, (\d+) timeout",
+        out,
+    )
+    r["requests"] = int(m.group(1)) if m else 0
+    r["errors"] = sum(int(x) for x in m.groups()[1:]) if m else 0
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    r["non2xx"] = sum(int(x) for x in m.groups()[1:]) if m else 0
+    return r
+
+
 def measure(
     name: str, preset: Preset, w: Workload, args: argparse.Namespace, out_dir: Path
 ) -> dict[str, Any]:
     if w.ws_size:
         return measure_ws(name, preset, w, args, out_dir)
+    argv_for, parse = (h2load_argv, parse_h2load) if w.h2_streams else (wrk_argv, parse_wrk)
     srv = Server(name, preset, w.app, out_dir).start()
     try:
         srv.wait_ready()
         conns = args.conns or w.conns
         if args.warmup > 0:
-            run_client(wrk_argv(w, srv.port, args.warmup, conns), timeout=args.warmup + 30)
+            run_client(argv_for(w, srv.port, args.warmup, conns), timeout=args.warmup + 30)
         pids = srv.snapshot_pids()
         cpu0 = cpu_seconds(pids)
         t0 = time.perf_counter()
         out, client_cpu = run_client(
-            wrk_argv(w, srv.port, args.duration, conns), timeout=args.duration + 30
+            argv_for(w, srv.port, args.duration, conns), timeout=args.duration + 30
         )
         wall = time.perf_counter() - t0
         server_cpu = cpu_seconds(srv.snapshot_pids()) - cpu0
-        res = parse_wrk(out)
+        res = parse(out)
         res["server_cpu_pct"] = round(100 * server_cpu / wall, 1)
         res["client_cpu_pct"] = round(100 * client_cpu / wall, 1)
         # requests per second of CPU the server actually got: steadier than req/s when other
@@ -751,17 +795,23 @@ def workload_table(
 def summary_table(all_runs: dict[str, list[Run]], names: Sequence[str], base: str) -> str:
     wl = list(all_runs)
     ws = [w for w in wl if WORKLOADS[w].ws_size]
+    bases = {}
+    for w in wl:
+        ran = {n for _, n, _ in all_runs[w]}
+        bases[w] = WORKLOADS[w].baseline if WORKLOADS[w].baseline in ran else base
+    other = [f"{w} to {b}" for w, b in bases.items() if b != base]
     lines = [
         f"### Summary: ratio to {base}, req/s (req per server-CPU-s)"
-        + (f"; messages, not requests, for {', '.join(ws)}" if ws else ""),
+        + (f"; messages, not requests, for {', '.join(ws)}" if ws else "")
+        + (f"; {', '.join(other)}" if other else ""),
         "",
         "| server | " + " | ".join(wl) + " |",
         "|---" * (len(wl) + 1) + "|",
     ]
     for name in names:
         cells = [
-            f"{fmt(ratio(all_runs[w], name, base, 'rps'), 2)} "
-            f"({fmt(ratio(all_runs[w], name, base, 'per_cpu'), 2)})"
+            f"{fmt(ratio(all_runs[w], name, bases[w], 'rps'), 2)} "
+            f"({fmt(ratio(all_runs[w], name, bases[w], 'per_cpu'), 2)})"
             for w in wl
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -820,8 +870,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "-w",
         "--workloads",
-        default=",".join(WORKLOADS),
-        help="comma-separated workloads (default: %(default)s)",
+        default=",".join(w for w in WORKLOADS if w != "h2"),
+        help="comma-separated workloads (default: %(default)s; h2 compares with hypercorn: "
+        "-w h2 --servers sleipnir,hypercorn-uvloop)",
     )
     ap.add_argument("-d", "--duration", type=float, default=5.0, help="seconds of measured load")
     ap.add_argument("-r", "--rounds", type=int, default=3, help="rounds of A B (default 3)")
@@ -904,9 +955,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"[warn] {args.rounds} round(s): fine for a smoke run, too few to trust a ratio")
         for wname in workloads:
             w = WORKLOADS[wname]
+            w_names = [n for n in names if PRESETS[n].h2 or not w.h2_streams]
+            w_base = w.baseline if w.baseline in w_names else base
+            skipped = [n for n in names if n not in w_names]
+            if skipped:
+                log(f"[{wname}] skipping {', '.join(skipped)}: no HTTP/2")
             runs: list[Run] = []
             for rnd in range(args.rounds):
-                for name in names:  # the same order every round: A B, A B, ...
+                for name in w_names:  # the same order every round: A B, A B, ...
                     t0 = time.perf_counter()
                     try:
                         res = measure(name, PRESETS[name], w, args, out_dir)
@@ -930,7 +986,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{wname}: {w.app}, ws_client.py --conns {conns} --size {w.ws_size}"
                     f" -d{args.duration:g}s, --ws {args.ws} ({w.what})"
                 )
-            md.append(workload_table(title, runs, names, base, w.unit, w.client))
+            elif w.h2_streams:
+                title = (
+                    f"{wname}: {w.app}, h2load -t1 -c{conns} -m{w.h2_streams}"
+                    f" -D{round(args.duration)}, ratios to {w_base} ({w.what})"
+                )
+            md.append(workload_table(title, runs, w_names, w_base, w.unit, w.client))
             print(md[-1], flush=True)
             save()
         md.append(summary_table(all_runs, names, base))
