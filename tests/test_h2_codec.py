@@ -813,13 +813,19 @@ class TestRequests:
         peer.request([(b":method", b"CONNECT"), (b":authority", b"example.com:443")])
         assert (b":status", b"501") in peer.take(ResponseReceived)[0].headers
 
-    def test_content_length_mismatch_is_h2s_connection_error(self) -> None:
+    def test_content_length_mismatch_is_a_stream_error(self) -> None:
+        """RFC 9113 §8.1.1: a malformed request, RST_STREAM PROTOCOL_ERROR; the connection
+        goes on."""
         peer = Peer()
         sid = peer.request(req(b"POST", extra=[(b"content-length", b"10")]), end=False)
         peer.client.send_data(sid, b"short", end_stream=True)
-        with pytest.raises(H2ConnectionError) as info:
-            peer.flush()
-        assert info.value.code == ErrorCodes.PROTOCOL_ERROR
+        peer.flush()
+        assert [(e.stream_id, e.error_code) for e in peer.take(StreamReset)] == [
+            (sid, ErrorCodes.PROTOCOL_ERROR)
+        ]
+        assert not peer.rec.streams[sid].complete
+        other = peer.request(req(b"GET"))
+        assert peer.rec.streams[other].complete
 
 
 class TestExtendedConnect:

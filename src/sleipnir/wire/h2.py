@@ -9,7 +9,10 @@ adds what a server needs on top of it:
   (Rapid Reset, SETTINGS/PING/empty-DATA floods, CONTINUATION floods). A client GOAWAY is
   taken here, so that in-flight responses can still be sent (h2 would stop all sending).
 - Request validation in ``h2_fields.build_request``: a malformed request is a *stream* error
-  (RST_STREAM PROTOCOL_ERROR); h2's validator would make it a connection error.
+  (RST_STREAM PROTOCOL_ERROR); h2's validator would make it a connection error. So is a body
+  that does not match its content-length, or trailers that are invalid or lack END_STREAM
+  (RFC 9113 §8.1, §8.1.1; counted and checked here, h2's own check is switched off), a
+  PRIORITY frame of the wrong size and a WINDOW_UPDATE of 0 on a stream (§6.3, §6.9).
 - Concurrency counted the way Rapid Reset (CVE-2023-44487) requires: a stream counts from
   ``on_request`` until the connection calls ``close_stream`` (its application cycle ended),
   not until the client resets it, so resets cannot free slots while the apps still run
@@ -22,7 +25,7 @@ Invariants:
   GOAWAY; write them and close. The codec is then dead.
 - Request body bytes are handed back to the client's windows only by ``acknowledge`` (the
   app consumed them) or ``close_stream`` (the rest): a slow reader stops the client.
-- Request trailers are dropped, as over HTTP/1.1 (ASGI has no request trailers).
+- Request trailers are checked, then dropped, as over HTTP/1.1 (ASGI has none).
 - No asyncio here: codecs are tested without an event loop.
 """
 
@@ -36,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import AllowedStreamIDs, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     DataReceived,
@@ -44,20 +47,22 @@ from h2.events import (
     RequestReceived,
     StreamEnded,
     StreamReset,
+    TrailersReceived,
     WindowUpdated,
 )
 from h2.exceptions import DenialOfServiceError, NoSuchStreamError, ProtocolError
 from h2.settings import SettingCodes, Settings
-from h2.stream import StreamState
+from h2.stream import H2Stream, StreamState
 from hpack.exceptions import HPACKError
 from hyperframe.frame import GoAwayFrame, SettingsFrame
 
-from sleipnir.wire.h1 import Headers, RequestHead
+from sleipnir.wire.h1 import Headers, RequestHead, declared_length
 from sleipnir.wire.h1_writer import ResponseHeaderError
 from sleipnir.wire.h2_fields import (
     Malformed,
     Refused,
     build_request,
+    check_trailers,
     response_block,
     upgraded_request,
 )
@@ -76,6 +81,7 @@ ENHANCE_YOUR_CALM = int(ErrorCodes.ENHANCE_YOUR_CALM)
 
 # Frame types and flags (RFC 9113 §6).
 _DATA, _HEADERS, _PRIORITY, _RST, _SETTINGS, _PING, _GOAWAY, _CONTINUATION = 0, 1, 2, 3, 4, 6, 7, 9
+_WINDOW_UPDATE = 8
 _END_STREAM = _ACK = 0x1
 _END_HEADERS, _PADDED, _PRIO = 0x4, 0x8, 0x20
 _MAX_STREAMS_H2 = 2**31 - 1  # what h2 itself enforces: the real limit is counted here
@@ -144,8 +150,9 @@ class H2Handler(Protocol):
         """The request is complete (END_STREAM; request trailers are dropped)."""
 
     def on_reset(self, stream_id: int, error_code: int) -> None:
-        """The client reset the stream, or the codec did for a stream error (a PRIORITY
-        frame making it depend on itself): ``http.disconnect`` for that stream alone."""
+        """The client reset the stream, or the codec did for a stream error (a malformed
+        body or trailers, a bad PRIORITY or WINDOW_UPDATE frame): ``http.disconnect`` for that
+        stream alone."""
 
     def on_window_open(self, stream_id: int) -> None:
         """The send window of ``stream_id`` (0: the connection's, so every stream) grew."""
@@ -173,6 +180,7 @@ class H2Codec:
         "_conn",
         "_counts",
         "_dispatch",
+        "_expect",
         "_expect_settings",
         "_goaway_last",
         "_handler",
@@ -181,6 +189,7 @@ class H2Codec:
         "_live",
         "_max_frame",
         "_need",
+        "_opened",
         "_poisoned",
         "_preface_left",
         "_pushes",
@@ -242,7 +251,15 @@ class H2Codec:
             StreamReset: self._on_reset,
             WindowUpdated: self._on_window,
             RemoteSettingsChanged: self._on_settings,
+            TrailersReceived: self._on_trailers,
         }
+        # The request body is counted against its content-length here (``_expect``): h2
+        # makes a mismatch, or an invalid value, a connection error where RFC 9113 §8.1.1
+        # calls it a malformed request (a stream error), so its own check is switched off on
+        # every stream it creates.
+        self._expect: dict[int, int] = {}  # declared body bytes still to come; or _BROKEN...
+        self._opened = 0  # highest stream opened by a HEADERS frame without END_STREAM
+        conn._begin_new_stream = self._begin_stream  # type: ignore[method-assign]
 
     # Starting -------------------------------------------------------------------------------
 
@@ -317,6 +334,11 @@ class H2Codec:
             conn.increment_flow_control_window(limits.connection_window_size - 65535)
         return _settings_frame(values) + conn.data_to_send()
 
+    def _begin_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> H2Stream:
+        stream = H2Connection._begin_new_stream(self._conn, stream_id, allowed_ids)
+        stream._initialize_content_length = _no_length  # type: ignore[method-assign]
+        return stream
+
     # Receiving ------------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> bytes:
@@ -352,8 +374,10 @@ class H2Codec:
                 break
             ftype = data[pos + 3]
             flags = data[pos + 4]
-            if ftype == _HEADERS and flags & (_END_HEADERS | _PRIO) == _END_HEADERS:
-                pass  # the common request: one HEADERS frame, no priority
+            if ftype == _HEADERS and flags & (_END_HEADERS | _PRIO | _END_STREAM) == (
+                _END_HEADERS | _END_STREAM
+            ):
+                pass  # the common request: one HEADERS frame, no priority, no body
             elif ftype != _DATA or length == 0 or self._block_stream:
                 action = self._inspect(data, pos, length, ftype, flags)
                 if action:
@@ -389,6 +413,10 @@ class H2Codec:
             pad = 1 if flags & _PADDED else 0
             if flags & _PRIO and length >= pad + 5 and _dependency(data, pos + 9 + pad) == sid:
                 return _ACT_SELF_HEADERS
+            if not flags & _END_STREAM:
+                if sid <= self._opened:  # not a new stream: trailers (or h2's error to find)
+                    return _ACT_OPEN_TRAILERS
+                self._opened = sid
         elif ftype == _DATA:
             if not flags & _END_STREAM and self._count(_EMPTY, limits.max_empty_data):
                 raise self._fail(ENHANCE_YOUR_CALM, "empty DATA frame flood")
@@ -396,14 +424,22 @@ class H2Codec:
             if self._count(_RESETS, limits.max_resets):
                 raise self._fail(ENHANCE_YOUR_CALM, "stream reset flood (Rapid Reset)")
         elif ftype == _SETTINGS:
-            if not flags & _ACK and self._count(_SETTINGS_N, limits.max_settings):
+            if flags & _ACK:
+                if length:  # RFC 9113 §6.5 (h2 would say PROTOCOL_ERROR)
+                    raise self._fail(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+            elif self._count(_SETTINGS_N, limits.max_settings):
                 raise self._fail(ENHANCE_YOUR_CALM, "SETTINGS flood")
         elif ftype == _PING:
             if not flags & _ACK and self._count(_PINGS, limits.max_pings):
                 raise self._fail(ENHANCE_YOUR_CALM, "PING flood")
         elif ftype == _PRIORITY:
-            if length == 5 and sid and _dependency(data, pos + 9) == sid:
+            if length != 5:
+                return _ACT_PRIORITY_SIZE if sid else 0
+            if sid and _dependency(data, pos + 9) == sid:
                 return _ACT_SELF_PRIORITY
+        elif ftype == _WINDOW_UPDATE:
+            if sid and length == 4 and not _dependency(data, pos + 9):
+                return _ACT_ZERO_WINDOW  # the increment is 0
         elif ftype == _GOAWAY and sid == 0 and length >= 8:
             return _ACT_GOAWAY
         return 0
@@ -418,16 +454,29 @@ class H2Codec:
             frame[at : at + 4] = bytes(4)
             self._poisoned.add(sid)
             self._receive(bytes(frame))
-        elif action == _ACT_SELF_PRIORITY:
-            # A stream error too (§5.3.1); priorities are otherwise ignored (RFC 9113 §5.3.2).
-            # On a stream not open RST_STREAM is not allowed (§5.1): h2 makes it a connection
-            # error instead.
+        elif action in _STREAM_ERRORS:
+            # Stream errors h2 would make connection errors: a stream depending on itself
+            # (§5.3.1; priorities are otherwise ignored, §5.3.2), a PRIORITY frame not 5
+            # octets long (§6.3), a WINDOW_UPDATE of 0 on a stream (§6.9). On a stream not
+            # open, RST_STREAM is not allowed (§5.1, §6.4): h2's connection error stands.
             if self._stream_open(sid):  # open streams are the handler's (or refused: closed)
-                self._conn.reset_stream(sid, PROTOCOL_ERROR)
-                self._handler.on_reset(sid, PROTOCOL_ERROR)
-                self._note_reset()
+                self._stream_error(sid, _STREAM_ERRORS[action])
             else:
                 self._receive(data[pos : pos + 9 + length])
+        elif action == _ACT_OPEN_TRAILERS:
+            trailers = data[pos : pos + 9 + length]
+            stream = self._conn.streams.get(sid)
+            if (
+                sid in self._live
+                and stream is not None
+                and stream.state_machine.state == StreamState.OPEN
+            ):
+                # RFC 9113 §8.1: trailers without END_STREAM make the request malformed, a
+                # stream error (h2: a connection error). The block must still be decoded
+                # (HPACK state): h2 gets it as trailers that end the stream; _on_end resets.
+                self._expect[sid] = _UNENDED
+                trailers = trailers[:4] + bytes((trailers[4] | _END_STREAM,)) + trailers[5:]
+            self._receive(trailers)
         else:
             goaway = GoAwayFrame(0)
             goaway.parse_body(memoryview(data[pos + 9 : pos + 9 + length]))
@@ -505,6 +554,10 @@ class H2Codec:
             self._refuse(sid, 0, str(exc), exc.status)
             return
         self._live[sid] = 0
+        if event.stream_ended is None:
+            declared = declared_length(head.headers)
+            if declared >= 0:
+                self._expect[sid] = declared
         self._handler.on_request(sid, head)
 
     def _on_data(self, event: DataReceived) -> None:
@@ -515,6 +568,17 @@ class H2Codec:
         if pending is None:  # a stream refused in this same read
             self._conn.acknowledge_received_data(flow, sid)
             return
+        expect = self._expect
+        if expect:
+            left = expect.get(sid)
+            if left is not None:
+                if left < len(data):
+                    self._conn.acknowledge_received_data(flow, sid)
+                    if left >= 0:  # more than the content-length (§8.1.1)
+                        expect[sid] = _BROKEN
+                        self._stream_error(sid, PROTOCOL_ERROR)
+                    return  # (or the stream was reset already)
+                expect[sid] = left - len(data)
         if flow > len(data):  # padding is ours to give back at once
             self._conn.acknowledge_received_data(flow - len(data), sid)
         if data:
@@ -522,8 +586,24 @@ class H2Codec:
             self._handler.on_body(sid, data)
 
     def _on_end(self, event: StreamEnded) -> None:
-        if event.stream_id in self._live:
-            self._handler.on_complete(event.stream_id)
+        sid = event.stream_id
+        if sid in self._live:
+            if self._expect:
+                left = self._expect.pop(sid, 0)
+                if left:  # less than the content-length, or trailers without END_STREAM
+                    if left != _BROKEN:
+                        self._stream_error(sid, PROTOCOL_ERROR)
+                    return
+            self._handler.on_complete(sid)
+
+    def _on_trailers(self, event: TrailersReceived) -> None:
+        sid = event.stream_id
+        if sid in self._live and self._expect.get(sid, 0) >= 0:
+            try:
+                check_trailers(event.headers)
+            except Malformed:
+                self._expect[sid] = _BROKEN  # the StreamEnded that follows is no completion
+                self._stream_error(sid, PROTOCOL_ERROR)
 
     def _on_reset(self, event: StreamReset) -> None:
         if event.stream_id in self._live:
@@ -549,6 +629,14 @@ class H2Codec:
         else:
             conn.reset_stream(sid, code)
         self._handler.on_refused(sid, reason)
+        self._note_reset()
+
+    def _stream_error(self, sid: int, code: int) -> None:
+        """A stream error the codec found (RFC 9113 §5.4.2): RST_STREAM ``code``, and the
+        handler's app gets ``http.disconnect``. Counted like the client's resets."""
+        self._conn.reset_stream(sid, code)
+        if sid in self._live:
+            self._handler.on_reset(sid, code)
         self._note_reset()
 
     def _stream_open(self, sid: int) -> bool:
@@ -649,6 +737,8 @@ class H2Codec:
         pending = self._live.pop(stream_id, None)
         if pending is None:
             return b""
+        if self._expect:
+            self._expect.pop(stream_id, None)
         if not stream_id % 2:
             self._pushes -= 1
         conn = self._conn
@@ -719,12 +809,25 @@ class H2Codec:
 
 
 _ACT_SELF_HEADERS, _ACT_SELF_PRIORITY, _ACT_GOAWAY = 1, 2, 3
+_ACT_PRIORITY_SIZE, _ACT_ZERO_WINDOW, _ACT_OPEN_TRAILERS = 4, 5, 6
+_STREAM_ERRORS = {
+    _ACT_SELF_PRIORITY: PROTOCOL_ERROR,
+    _ACT_PRIORITY_SIZE: FRAME_SIZE_ERROR,
+    _ACT_ZERO_WINDOW: PROTOCOL_ERROR,
+}
+# _expect values below 0: the codec already reset the stream (_BROKEN), or it got trailers
+# without END_STREAM and is reset when they end it (_UNENDED).
+_BROKEN, _UNENDED = -1, -2
 _RESETS, _SETTINGS_N, _PINGS, _EMPTY = 0, 1, 2, 3
 _PUSHABLE = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
 
 
 def _goaway(last_stream_id: int, code: int) -> bytes:
     return GoAwayFrame(0, last_stream_id=last_stream_id, error_code=code).serialize()
+
+
+def _no_length(headers: object) -> None:
+    """h2's content-length check, switched off (``H2Codec._prepare``)."""
 
 
 def _dependency(data: bytes, at: int) -> int:

@@ -30,7 +30,7 @@ _PSEUDO = {
     b":path": _PATH,
     b":protocol": _PROTOCOL,  # RFC 8441 §4, extended CONNECT only
 }
-_BAD, _TE, _HOST, _COOKIE, _EXPECT = range(5)
+_BAD, _TE, _HOST, _COOKIE, _EXPECT, _LENGTH = range(6)
 _SPECIAL = {
     b"": _BAD,  # an empty name (HPACK can encode one)
     b"connection": _BAD,
@@ -42,6 +42,7 @@ _SPECIAL = {
     b"host": _HOST,
     b"cookie": _COOKIE,
     b"expect": _EXPECT,
+    b"content-length": _LENGTH,
 }
 # Fields an h2c Upgrade request carried for HTTP/1.1 only (RFC 7540 §3.2, RFC 9113 §8.2.2).
 HOP_BY_HOP = frozenset(
@@ -81,6 +82,7 @@ def build_request(
     size = 0
     cookies: list[bytes] | None = None
     host = None
+    length: bytes | None = None
     expect = False
     special = _SPECIAL
     for name, value in fields:
@@ -121,6 +123,13 @@ def build_request(
                     continue  # already first in headers
             elif what == _COOKIE:
                 cookies = [*cookies, value] if cookies else [value]
+            elif what == _LENGTH:
+                # RFC 9110 §8.6: digits; the codec counts the DATA against it (§8.1.1).
+                if not value.isdigit() or (length is not None and value != length):
+                    raise Malformed("invalid or conflicting content-length")
+                if length is not None:
+                    continue  # the same value again: one field says it
+                length = value
             else:
                 expect = value.lower() == b"100-continue"
         headers.append((name, value))
@@ -143,8 +152,11 @@ def build_request(
         if not method or method.translate(None, _METHOD_TOKEN):
             raise Malformed("invalid :method")
         method_str = method.decode("ascii")
-    if protocol is not None and (not connect_protocol or method_str != "CONNECT"):
-        raise Malformed(":protocol without extended CONNECT")
+    if protocol is not None and (
+        not connect_protocol or method_str != "CONNECT" or authority is None
+    ):
+        # RFC 8441 §4: only in a CONNECT, once advertised; :authority as for any request.
+        raise Malformed(":protocol without extended CONNECT, or without :authority")
     if method_str == "CONNECT" and protocol is None:
         # RFC 9113 §8.5: a tunnel; an origin server does not provide one.
         if scheme is not None or path is not None or authority is None:
@@ -165,6 +177,19 @@ def build_request(
         headers = [(n, v) for n, v in headers if n != b"cookie"]
         headers.append((b"cookie", b"; ".join(cookies)))
     return RequestHead(method_str, raw_path, query, "2", headers, True, expect, protocol)
+
+
+def check_trailers(fields: list[tuple[bytes, bytes]]) -> None:
+    """Check a request's trailer section; raise ``Malformed`` (RFC 9113 §8.1: no
+    pseudo-header fields; §8.2.1, §8.2.2: lowercase token names, no connection-specific
+    fields, no CR, LF or NUL in values)."""
+    for name, value in fields:
+        if name[:1] == b":":
+            raise Malformed(f"pseudo-header field {name!r} in trailers")
+        if _SPECIAL.get(name) == _BAD or not name or name.translate(None, _TOKEN):
+            raise Malformed(f"invalid trailer field name {name!r}")
+        if value.find(b"\r") >= 0 or value.find(b"\n") >= 0 or value.find(b"\0") >= 0:
+            raise Malformed("CR, LF or NUL in a trailer field value")
 
 
 def upgraded_request(head: RequestHead) -> RequestHead:
