@@ -1,13 +1,22 @@
 """One ASGI HTTP request/response cycle, independent of the wire protocol.
 
 The cycle is the only code that speaks ASGI ``http``. It never sees bytes: it talks to its
-connection through the ``HTTPStream`` interface (implemented by the HTTP/1.1 protocol today,
-by an HTTP/2 stream later), so request/response logic exists once.
+connection through the ``HTTPStream`` interface (implemented by the HTTP/1.1 protocol and
+by each HTTP/2 stream), so request/response logic exists once.
 
 Invariants:
 - ``send`` enforces the ASGI message order: ``http.response.start``, then
-  ``http.response.body`` until ``more_body`` is false; anything else raises ``ASGIError``.
+  ``http.response.body`` until ``more_body`` is false, then (only after ``"trailers": True``)
+  ``http.response.trailers`` until ``more_trailers`` is false; anything else raises
+  ``ASGIError``. The extensions' messages are checked here too, for both protocols:
+  ``http.response.early_hint`` until the response head went out, ``http.response.push``
+  from the start until the last body message.
 - The response head is handed to the stream together with the first body chunk.
+- A response that uses none of the extensions pays one test for them (``"trailers" in``
+  the start message); every other extension branch comes after the two hot ones.
+- Trailers: a response that announced them is never ended by a body message; the stream is
+  told ``send_trailers`` once, after the last trailers message, with the fields to send
+  (none when the request did not say ``TE: trailers``: RFC 9110 §6.5.1 lets them go).
 - ``receive`` returns buffered body first; once the body is complete and delivered it waits
   and returns ``http.disconnect`` when the client goes away or the response is complete.
 - After ``run`` ends, the stream has been told exactly once: response complete, 500 sent,
@@ -20,9 +29,10 @@ import asyncio
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from sleipnir.wire.h1 import Headers, RequestHead
+from sleipnir.wire.h1_writer import ResponseHeaderError, check_fields
 
 if TYPE_CHECKING:
     from sleipnir.logging import AccessLog
@@ -38,6 +48,57 @@ PATHSEND_CHUNK_BYTES = 256 * 1024
 _START = 0
 _BODY = 1
 _DONE = 2
+_TBODY = 3  # body messages of a response that announced trailers
+_TRAILERS = 4  # the body is complete; http.response.trailers messages until more_trailers is false
+_EXPECTED = {
+    _START: "http.response.start",
+    _BODY: "http.response.body",
+    _TBODY: "http.response.body",
+    _TRAILERS: "http.response.trailers",
+}
+_HINT_STATES = (_START, _BODY, _TBODY)  # and the head not yet sent
+_PUSH_STATES = (_START, _BODY, _TBODY)
+
+# Trailer fields a sender must not generate (RFC 9110 §6.5.1: framing, routing, request
+# modifiers, authentication, response control data, content processing) and the
+# connection-specific ones: dropped from http.response.trailers, as a recipient would.
+FORBIDDEN_TRAILERS = frozenset(
+    (
+        b"content-length",
+        b"transfer-encoding",
+        b"host",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"upgrade",
+        b"te",
+        b"trailer",
+        b"expect",
+        b"max-forwards",
+        b"range",
+        b"if-match",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-unmodified-since",
+        b"if-range",
+        b"authorization",
+        b"proxy-authorization",
+        b"www-authenticate",
+        b"proxy-authenticate",
+        b"set-cookie",
+        b"cache-control",
+        b"pragma",
+        b"age",
+        b"expires",
+        b"date",
+        b"location",
+        b"retry-after",
+        b"vary",
+        b"content-encoding",
+        b"content-type",
+        b"content-range",
+    )
+)
 
 _DISCONNECT: dict[str, Any] = {"type": "http.disconnect"}
 _EMPTY_BODY: dict[str, Any] = {"type": "http.request", "body": b"", "more_body": False}
@@ -45,6 +106,31 @@ _ERROR_HEADERS: Headers = [
     (b"content-type", b"text/plain; charset=utf-8"),
     (b"connection", b"close"),
 ]
+
+
+class _Options(dict[str, Any]):
+    """The (empty) options of an advertised extension: one object shared by every scope, so
+    read-only (an app cannot change what the next request sees; still a dict to the app)."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("the options of an ASGI extension are read-only")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+
+_NO_OPTIONS = _Options()
+# Advertised to every request, over both protocols (as hypercorn and uvicorn's HTTP/2 do):
+# an extension is a message contract, and the cycle keeps it either way; whether trailer
+# fields reach the client is the request's (TE: trailers) and the framing's business
+# (docs/architecture.md, "ASGI HTTP extensions"). HTTP/2 adds http.response.push.
+_EXTENSIONS: dict[str, Any] = {
+    "http.response.pathsend": _NO_OPTIONS,
+    "http.response.trailers": _NO_OPTIONS,
+    "http.response.early_hint": _NO_OPTIONS,
+}
 
 
 def http_scope(
@@ -58,7 +144,8 @@ def http_scope(
     """The ASGI ``http`` scope of one request (spec 2.4), for HTTP/1.1 and HTTP/2 alike.
 
     Everything an app may mutate is fresh per request: the scope, the state copy, the
-    extensions. ``root_path`` is prefixed to ``path`` and ``raw_path`` (as uvicorn does).
+    extensions (the empty options dicts in it are shared and read-only). ``root_path`` is
+    prefixed to ``path`` and ``raw_path`` (as uvicorn does).
     """
     return {
         "type": "http",
@@ -74,7 +161,8 @@ def http_scope(
         "query_string": head.query_string,
         "headers": head.headers,
         "state": lifespan_state.copy(),
-        "extensions": {"http.response.pathsend": {}},
+        # A copy of a template: cheaper than building even a one-entry dict (measured).
+        "extensions": _EXTENSIONS.copy(),
     }
 
 
@@ -105,6 +193,18 @@ class HTTPStream(Protocol):
 
     def cycle_done(self, cycle: HTTPCycle) -> None: ...
 
+    # The HTTP extensions; the cycle has checked the message order and the fields.
+
+    def send_trailers(self, cycle: HTTPCycle, trailers: Headers) -> None:
+        """End a response whose body went out with ``end`` false: ``trailers`` after the body
+        if the framing can carry them (empty: the client did not ask for them)."""
+
+    def send_informational(self, cycle: HTTPCycle, status: int, headers: Headers) -> None:
+        """A 1xx response before the final one (103 Early Hints), where the protocol allows."""
+
+    def push(self, cycle: HTTPCycle, path: str, headers: Headers) -> None:
+        """Promise a GET of ``path`` and serve it like a request; ignored without server push."""
+
 
 class AppContext:
     """What every cycle of one server shares: the app and the logging switches."""
@@ -130,6 +230,7 @@ class HTTPCycle:
         "_started_at",
         "_state",
         "_status",
+        "_trailers",
         "_waiter",
         "buffered",
         "disconnected",
@@ -277,18 +378,104 @@ class HTTPCycle:
                 else:
                     self._headers = headers
                     self._state = _BODY
+                    if "trailers" in message:  # the one test the extensions cost a response
+                        self._announce_trailers(message["trailers"])
                     return
             self._headers = check_headers(headers)
             self._state = _BODY
+            if "trailers" in message:
+                self._announce_trailers(message["trailers"])
+        elif self._state == _TBODY and mtype == "http.response.body":
+            await self._send_body_before_trailers(message)
+        elif self._state == _TRAILERS and mtype == "http.response.trailers":
+            self._send_trailers(message)
         elif (
-            self._state == _BODY and mtype == "http.response.pathsend" and not self.response_started
+            (self._state == _BODY or self._state == _TBODY)
+            and mtype == "http.response.pathsend"
+            and not self.response_started
         ):
             await self._send_path(message.get("path"))
+        elif (
+            mtype == "http.response.early_hint"
+            and self._state in _HINT_STATES
+            and not self.response_started
+        ):
+            self._early_hint(message.get("links"))
+        elif mtype == "http.response.push" and self._state in _PUSH_STATES:
+            self._push(message)
         elif self._state == _DONE:
             raise ASGIError(f"unexpected ASGI message {mtype!r} after the response completed")
+        elif mtype == "http.response.trailers" and self._state == _BODY:
+            raise ASGIError("'http.response.trailers' without 'trailers': True in the start")
+        elif mtype == "http.response.early_hint" and self.response_started:
+            raise ASGIError("'http.response.early_hint' after the response head was sent")
         else:
-            expected = "http.response.start" if self._state == _START else "http.response.body"
-            raise ASGIError(f"expected ASGI message {expected!r}, got {mtype!r}")
+            raise ASGIError(f"expected ASGI message {_EXPECTED[self._state]!r}, got {mtype!r}")
+
+    # The HTTP extensions (asgiref docs/extensions.rst) -------------------------------------
+
+    def _announce_trailers(self, trailers: object) -> None:
+        """``"trailers": True`` in ``http.response.start``: the body messages will not end the
+        response, trailers messages will."""
+        if trailers:
+            self._state = _TBODY
+            self._trailers: Headers = []
+
+    async def _send_body_before_trailers(self, message: Message) -> None:
+        """A body message of a response with trailers: the stream is never told ``end``; the
+        last one moves on to the trailers."""
+        body = message.get("body", b"")
+        if type(body) is not bytes:
+            body = _as_bytes(body)
+        more = message.get("more_body", False)
+        if not self.disconnected:
+            if not self.response_started:
+                self.stream.start_response(self, self._status, self._headers, body, False)
+                self.response_started = True
+            elif body:
+                self.stream.send_body(self, body, False)
+            self._bytes_sent += len(body)
+        if not more:
+            self._state = _TRAILERS  # as for a last body: no drain, the trailers queue behind
+        elif self.stream.write_paused and not self.disconnected:
+            await self.stream.drain()
+
+    def _send_trailers(self, message: Message) -> None:
+        fields = _checked_fields(message.get("headers", ()), "trailer")
+        self._trailers += [pair for pair in fields if pair[0].lower() not in FORBIDDEN_TRAILERS]
+        if message.get("more_trailers", False):
+            return
+        if self.disconnected:
+            self._state = _DONE
+            return
+        # asgiref: trailers go out only when the request said TE: trailers (RFC 9110 §10.1.4);
+        # else they are dropped (§6.5.1), the response still ends here.
+        trailers = self._trailers if accepts_trailers(self.scope["headers"]) else []
+        self.stream.send_trailers(self, trailers)
+        self._state = _DONE  # only once the stream took it: else fail() must still abort
+        self._finish()
+
+    def _early_hint(self, links: Any) -> None:
+        """103 Early Hints (RFC 8297): one ``link`` field per entry (RFC 8288 values)."""
+        if isinstance(links, (bytes, str, bytearray, memoryview)):
+            raise ASGIError(f"'links' must be an iterable of byte strings, got {links!r}")
+        try:
+            fields = [(b"link", _bytes_like(link).strip(b" \t")) for link in links]
+        except TypeError as exc:
+            raise ASGIError(f"'links' must be an iterable of byte strings: {exc}") from exc
+        if not all(value for _, value in fields):
+            raise ASGIError("empty link in 'http.response.early_hint'")
+        fields = _checked_fields(fields, "link")
+        if fields and not self.disconnected:
+            self.stream.send_informational(self, 103, fields)
+
+    def _push(self, message: Message) -> None:
+        path = message.get("path")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ASGIError(f"'path' must be a string starting with '/', got {path!r}")
+        headers = _checked_fields(message.get("headers", ()), "push")
+        if not self.disconnected:
+            self.stream.push(self, path, headers)
 
     async def _send_path(self, path: object) -> None:
         """ASGI pathsend extension: the file at ``path`` is the whole response body.
@@ -331,9 +518,10 @@ class HTTPCycle:
                 time.perf_counter() - self._started_at,
             )
 
-    def protocol_switched(self) -> None:
-        """The connection switched protocols (a 101 went out): this exchange is complete."""
-        self._status = 101
+    def protocol_switched(self, status: int = 101) -> None:
+        """The connection switched protocols (a 101 went out, or the 200 of an HTTP/2
+        extended CONNECT): this exchange is complete."""
+        self._status = status
         self._state = _DONE
         self.response_started = True
         self._finish()
@@ -410,6 +598,28 @@ def check_headers(headers: Any) -> Headers:
     except (TypeError, ValueError) as exc:
         raise ASGIError(f"'headers' must be an iterable of [bytes, bytes] pairs: {exc}") from exc
     return checked
+
+
+def _checked_fields(fields: Any, what: str) -> Headers:
+    """``check_headers``, then the wire rules (names are tokens, no CR, LF or NUL in values),
+    so an app's mistake fails alike over both protocols and whether or not the fields are
+    sent (the fields of a response head are checked where it is encoded, on the hot path)."""
+    checked = check_headers(fields)
+    try:
+        check_fields(checked)
+    except ResponseHeaderError as exc:
+        raise ASGIError(f"refused {what} fields: {exc}") from None
+    return checked
+
+
+def accepts_trailers(headers: Headers) -> bool:
+    """The request's TE lists "trailers" (RFC 9110 §10.1.4)."""
+    for name, value in headers:
+        if name == b"te":
+            for item in value.decode("latin-1").split(","):
+                if item.partition(";")[0].strip().lower() == "trailers":
+                    return True
+    return False
 
 
 def _bytes_like(item: object) -> bytes:

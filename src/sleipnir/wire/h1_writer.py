@@ -11,6 +11,8 @@ Invariants:
 - 1xx, 204 and 304 responses and responses to HEAD never carry a body; 1xx and 204 never carry
   Content-Length or Transfer-Encoding (RFC 9110 §8.6, RFC 9112 §6.1).
 - HTTP/1.0 clients never see chunked encoding: a streamed body is close-delimited.
+- Trailer fields go out only after a chunked body (``trailer_section``); 1xx responses
+  (``informational``, ``CONTINUE_100``) only to HTTP/1.1 requests.
 """
 
 from __future__ import annotations
@@ -188,6 +190,29 @@ def _parse_length(value: bytes) -> int:
     if not value.isdigit():
         raise ResponseHeaderError(f"invalid content-length {value!r}")
     return int(value)
+
+
+def check_fields(fields: Headers) -> None:
+    """The rules of ``encode_head`` for fields sent outside a response head (trailer fields,
+    early hints, pushed requests' headers): a name is a token, a value holds no CR, LF or NUL
+    (RFC 9110 §5.1, §5.5); raises ``ResponseHeaderError``."""
+    for name, value in fields:
+        if name not in _GOOD_NAMES:
+            _check_name(name)
+        if len(value.translate(None, b"\r\n\0")) != len(value):
+            raise ResponseHeaderError(f"CR, LF or NUL in the value of {name.decode('latin-1')}")
+
+
+def trailer_section(fields: Headers) -> bytes:
+    """The last chunk and a trailer section (RFC 9112 §7.1.2) of fields ``check_fields``
+    passed; the end of a chunked body in place of ``LAST_CHUNK``."""
+    return b"".join([b"0\r\n", *[b"%s: %s\r\n" % field for field in fields], CRLF])
+
+
+def informational(status: int, fields: Headers) -> bytes:
+    """A 1xx response (103 Early Hints, RFC 8297) with fields ``check_fields`` passed. Never
+    for an HTTP/1.0 request (RFC 9110 §15.2)."""
+    return b"".join([status_line(status), *[b"%s: %s\r\n" % field for field in fields], CRLF])
 
 
 def chunk(data: bytes) -> bytes:
