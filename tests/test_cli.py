@@ -45,6 +45,7 @@ SAMPLES: dict[str, tuple[list[str], str, Any]] = {
     "loop": (["--loop", "asyncio"], "asyncio", "asyncio"),
     "http": (["--http", "h11"], "h11", "h11"),
     "http2": (["--http2"], "yes", True),
+    "h2_max_concurrent_streams": (["--h2-max-concurrent-streams", "250"], "250", 250),
     "ws": (["--ws", "none"], "none", "none"),
     "ws_max_size": (["--ws-max-size", "1024"], "1024", 1024),
     "ws_max_queue": (["--ws-max-queue", "8"], "8", 8),
@@ -196,6 +197,11 @@ def test_aliases_are_accepted() -> None:
         (["main:app", "--port", "http"], {}, "argument --port: 'http' is not a valid int"),
         (["main:app", "--port", "99999"], {}, "argument --port: port must be at most 65535"),
         (["main:app", "--http", "zttp"], {}, "argument --http: http must be one of"),
+        (
+            ["main:app", "--h2-max-concurrent-streams", "0"],
+            {},
+            "argument --h2-max-concurrent-streams: h2_max_concurrent_streams must be at least 1",
+        ),
         (["main:app", "--header", "nocolon"], {}, "argument --header: header 'nocolon'"),
         (["main:app", "--access-log-format", "{x}"], {}, "unknown field {x}"),
         (["main:app", "--ws-per-message-deflate"], {}, "expected one argument"),
@@ -298,6 +304,7 @@ def test_subprocess_errors_exit_2() -> None:
 
 # Settings sleipnir has and uvicorn does not.
 SLEIPNIR_ONLY = {
+    "h2_max_concurrent_streams",
     "timeout_request_header",
     "timeout_lifespan",
     "limit_request_line",

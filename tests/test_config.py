@@ -35,6 +35,7 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "loop": "auto",
     "http": "auto",
     "http2": None,
+    "h2_max_concurrent_streams": 100,
     "ws": "auto",
     "ws_max_size": 16777216,
     "ws_max_queue": 32,

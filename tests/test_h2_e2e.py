@@ -21,6 +21,7 @@ import pytest
 import trustme
 from h2.config import H2Configuration
 from h2.connection import H2Connection
+from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
@@ -29,6 +30,7 @@ from h2.events import (
     StreamReset,
     WindowUpdated,
 )
+from h2.settings import SettingCodes
 from hpack import Decoder
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
 
@@ -241,7 +243,12 @@ def test_get(server: RunningServer, loop: str) -> None:
     assert (seen["scheme"], seen["method"], seen["path"]) == ("http", "GET", "/scope")
     assert seen["query_string"] == "a=1"
     assert seen["headers"][0] == ["host", "localhost"]
-    assert seen["extensions"] == ["http.response.pathsend"]
+    assert seen["extensions"] == [
+        "http.response.early_hint",
+        "http.response.pathsend",
+        "http.response.push",
+        "http.response.trailers",
+    ]
     assert seen["loop"].split(".")[0] == loop
 
 
@@ -523,3 +530,75 @@ def test_request_body_limit_is_a_413_on_that_stream() -> None:
         first, second, third = client.wait(declared, undeclared, fine)
     assert (first.status, second.status) == (413, 413)
     assert (third.status, bytes(third.body)) == (200, b"c" * 500)
+
+
+def test_max_concurrent_streams_setting_refuses_the_extra_streams() -> None:
+    """--h2-max-concurrent-streams N: advertised, and streams opened beyond it (sent before
+    the client read the server's SETTINGS) get REFUSED_STREAM while the first N are served."""
+    with run_server(app, h2_max_concurrent_streams=2) as srv:
+        client = connect(srv)
+        sids = []
+        for _ in range(4):  # each stays open (no END_STREAM) until its body is sent below
+            sid = client.conn.get_next_available_stream_id()
+            fields = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/echo")]
+            client.conn.send_headers(sid, [*fields, (b":authority", b"localhost")])
+            client.responses[sid] = Response()
+            sids.append(sid)
+        client.flush()
+        refused = client.wait(*sids[2:])
+        assert [r.reset for r in refused] == [ErrorCodes.REFUSED_STREAM] * 2
+        assert client.conn.remote_settings.max_concurrent_streams == 2
+        for sid in sids[:2]:
+            client.conn.send_data(sid, b"body %d" % sid, end_stream=True)
+        client.flush()
+        served = client.wait(*sids[:2])
+    assert [(r.status, bytes(r.body)) for r in served] == [(200, b"body 1"), (200, b"body 3")]
+
+
+# Write flow: a full socket buffer holds every stream's sender --------------------------------
+
+flood_timed_out = threading.Event()
+FLOOD_CHUNK = 256 * 1024
+FLOOD_CHUNKS = 40
+
+
+async def flood_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """Sends 10 MiB; ``?patient=0``: gives up (cancels its send) after 0.3 s blocked."""
+    if scope["type"] != "http":
+        return
+    patient = scope["query_string"] != b"patient=0"
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    chunk = b"f" * FLOOD_CHUNK
+    for _ in range(FLOOD_CHUNKS):
+        message = {"type": "http.response.body", "body": chunk, "more_body": True}
+        if patient:
+            await send(message)
+            continue
+        try:
+            await asyncio.wait_for(send(message), 0.3)
+        except TimeoutError:
+            flood_timed_out.set()
+            return
+    await send({"type": "http.response.body", "body": b""})
+
+
+def test_a_cancelled_sender_leaves_the_others_waiting(loop: str) -> None:
+    """Two streams wait for the connection's full socket buffer (the client reads nothing);
+    one app cancels its send (a timeout). The other must go on waiting, then finish: the
+    wait they share is not cancelled under it."""
+    flood_timed_out.clear()
+    with run_server(flood_app, loop=loop) as srv:
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        _open.append(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        client = Client(sock, send_preface=False)
+        client.conn.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+        client.conn.increment_flow_control_window(2**31 - 1 - 65535)
+        client.flush()
+        patient = client.request("GET", "/?patient=1")
+        impatient = client.request("GET", "/?patient=0")
+        assert flood_timed_out.wait(10), "the impatient app never blocked"
+        kept, dropped = client.wait(patient, impatient, timeout=30)
+        assert kept.ended and kept.reset is None
+        assert len(kept.body) == FLOOD_CHUNK * FLOOD_CHUNKS
+        assert dropped.reset is not None  # its app returned without finishing

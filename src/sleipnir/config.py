@@ -130,6 +130,9 @@ SETTINGS: tuple[Setting, ...] = (
        _PROTO, choices=("auto", "httptools", "h11")),
     _s("http2", bool, None, "Serve HTTP/2 as well as HTTP/1.1: TLS ALPN h2 and cleartext "
        "prior knowledge.", _PROTO, default_text="on when h2 is installed"),
+    _s("h2_max_concurrent_streams", int, 100, "HTTP/2: most streams (requests, WebSockets) one "
+       "client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS); more are refused with "
+       "REFUSED_STREAM.", _PROTO, minimum=1, maximum=2**31 - 1),
     _s("ws", str, "auto", "WebSocket implementation: auto picks websockets when installed, "
        "else wsproto; none serves upgrade requests as plain HTTP (websockets-sansio is accepted "
        "as another name for websockets).", _PROTO,
@@ -412,6 +415,7 @@ class Config:
     loop: str
     http: str
     http2: bool | None
+    h2_max_concurrent_streams: int
     ws: str
     ws_max_size: int
     ws_max_queue: int

@@ -367,11 +367,12 @@ def _h2_limits(config: Config) -> H2Limits | None:
             raise StartupError("--http2 needs the h2 package: pip install h2") from None
         return None
     return H2Limits(
+        max_concurrent_streams=config.h2_max_concurrent_streams,
         max_header_list_size=config.limit_request_header_size,
         max_header_count=config.limit_request_headers,
-        # RFC 8441 (WebSocket over HTTP/2) is not served yet: not advertised, so browsers keep
-        # opening WebSockets over HTTP/1.1.
-        enable_connect_protocol=False,
+        # RFC 8441 (WebSocket over HTTP/2, transport/h2_ws.py): advertised only when WebSockets
+        # are served; otherwise a client keeps opening them over HTTP/1.1.
+        enable_connect_protocol=_ws_settings(config) is not None,
     )
 
 

@@ -2,10 +2,11 @@
 
 The cycle is the only code that speaks ASGI ``websocket``. It never sees bytes: before the
 application accepts, it talks to the HTTP exchange the handshake arrived on (an ``Upgrader``:
-the HTTP/1.1 connection today, an HTTP/2 stream with RFC 8441 later); after, to a ``WSStream``
-that owns the codec. A denial (``websocket.close`` before accept, or the
-``websocket.http.response`` extension) is an ordinary HTTP response sent through the
-handshake's ``HTTPCycle``, so response framing, checks and the access log exist once.
+the HTTP/1.1 connection, or an HTTP/2 stream carrying RFC 8441's extended CONNECT); after, to
+a ``WSStream`` that owns the codec (``transport/ws_protocol.WSConnection``, over either). A
+denial (``websocket.close`` before accept, or the ``websocket.http.response`` extension) is an
+ordinary HTTP response sent through the handshake's ``HTTPCycle``, so response framing,
+checks and the access log exist once, for both HTTP versions.
 
 Invariants:
 - ``receive`` returns ``websocket.connect`` first, then messages in arrival order, then
@@ -53,6 +54,28 @@ _FORBIDDEN: list[Message] = [
 ]
 
 
+def websocket_scope(http: Scope, subprotocols: list[str]) -> Scope:
+    """The ``websocket`` scope of a handshake, built from the ``http`` scope of the request it
+    arrived as (an HTTP/1.1 upgrade or an HTTP/2 extended CONNECT), so that ``http_version``,
+    proxy headers and ``root_path`` come out the same way as for HTTP."""
+    return {
+        "type": "websocket",
+        "asgi": http["asgi"],
+        "http_version": http["http_version"],
+        "scheme": "wss" if http["scheme"] == "https" else "ws",
+        "server": http["server"],
+        "client": http["client"],
+        "root_path": http["root_path"],
+        "path": http["path"],
+        "raw_path": http["raw_path"],
+        "query_string": http["query_string"],
+        "headers": http["headers"],
+        "subprotocols": subprotocols,
+        "state": http["state"],
+        "extensions": {"websocket.http.response": {}},
+    }
+
+
 class WebSocketClosed(OSError):
     """``websocket.send`` on a connection that is already closed (ASGI spec 2.4)."""
 
@@ -80,7 +103,8 @@ class Upgrader(Protocol):
     def accept_websocket(
         self, cycle: WSCycle, subprotocol: str | None, headers: Headers
     ) -> WSStream:
-        """Send the handshake response and hand the connection over to a ``WSStream``."""
+        """Send the handshake response (a 101 over HTTP/1.1, a 200 over HTTP/2) and hand the
+        bytes that follow over to a ``WSStream``."""
 
 
 class WSCycle:
@@ -227,7 +251,8 @@ class WSCycle:
                 raise ASGIError(f"'subprotocol' must be a string, got {subprotocol!r}")
             headers = check_headers(message.get("headers", ()))
             self._stream = self._upgrader.accept_websocket(self, subprotocol, headers)
-            self._state = _OPEN
+            if self._state == _CONNECTING:  # a close frame sent with the handshake closed it
+                self._state = _OPEN
             self._wake()  # messages that arrived with the handshake can now be received
         elif mtype == "websocket.close":
             # ASGI: a close before accept is an HTTP 403.

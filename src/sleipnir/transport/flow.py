@@ -9,6 +9,7 @@ buffer without bound.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 
 class WriteFlow(asyncio.Protocol):
@@ -34,7 +35,21 @@ class WriteFlow(asyncio.Protocol):
             waiter = self._drain_waiter
             if waiter is None:
                 waiter = self._drain_waiter = self._loop.create_future()
-            await waiter
+            # Shared by every sender waiting on this connection (HTTP/2 streams): a sender
+            # cancelled while it waits must not cancel the future under the others.
+            await asyncio.shield(waiter)
+
+    def when_drained(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` (from the loop) once writing resumes or nothing more can be
+        written; soon if not paused now. ``drain`` for a consumer that is not a coroutine
+        (an HTTP/2 WebSocket, ``transport/h2_ws.py``)."""
+        if not self.write_paused or self._gone():
+            self._loop.call_soon(callback)
+            return
+        waiter = self._drain_waiter
+        if waiter is None or waiter.done():
+            waiter = self._drain_waiter = self._loop.create_future()
+        waiter.add_done_callback(lambda _: callback())
 
     def _wake_drain(self) -> None:
         waiter = self._drain_waiter

@@ -13,6 +13,8 @@ Invariants:
 - A WebSocket handshake is the connection's last HTTP request: the parser stops after it, the
   app's answer is either an HTTP response (then the connection closes) or an accept, which
   hands the transport and the bytes read since to a ``WSConnection``.
+- ASGI extensions: trailer fields go out only after a chunked body (the cycle passes none
+  without ``TE: trailers``), 103 Early Hints only to HTTP/1.1 requests, push never.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from sleipnir.asgi.http_cycle import BODY_HIGH_WATER_BYTES, ASGIError, HTTPCycle, http_scope
-from sleipnir.asgi.ws_cycle import WSCycle
+from sleipnir.asgi.ws_cycle import WSCycle, websocket_scope
 from sleipnir.transport.flow import WriteFlow
 from sleipnir.transport.state import ServerState
 from sleipnir.transport.ws_protocol import WSConnection
@@ -314,23 +316,7 @@ class H1Protocol(WriteFlow):
         settings = self._state.ws
         assert settings is not None
         handshake = ws.check_handshake(head.method, head.http_version, head.headers)
-        http = cycle.scope
-        scope: dict[str, Any] = {
-            "type": "websocket",
-            "asgi": http["asgi"],
-            "http_version": "1.1",
-            "scheme": "wss" if http["scheme"] == "https" else "ws",
-            "server": http["server"],
-            "client": http["client"],
-            "root_path": http["root_path"],
-            "path": http["path"],
-            "raw_path": http["raw_path"],
-            "query_string": http["query_string"],
-            "headers": http["headers"],
-            "subprotocols": handshake.subprotocols,
-            "state": http["state"],
-            "extensions": {"websocket.http.response": {}},
-        }
+        scope = websocket_scope(cycle.scope, handshake.subprotocols)
         self._ws = WSCycle(scope, cycle, self, self._state.ctx, settings.max_queue)
         self._handshake = handshake
         self.parser.stop()  # what follows the handshake is WebSocket frames, not HTTP
@@ -346,13 +332,11 @@ class H1Protocol(WriteFlow):
         conn = WSConnection(
             state, settings, self.transport, cycle, handshake.extension_offers, self._client_label
         )
-        response: Headers = [(b"upgrade", b"websocket")]
-        response.append((b"sec-websocket-accept", ws.accept_key(handshake.key)))
-        if subprotocol is not None:
-            response.append((b"sec-websocket-protocol", subprotocol.encode("latin-1")))
-        if conn.codec.extensions_header is not None:
-            response.append((b"sec-websocket-extensions", conn.codec.extensions_header))
-        response += [(n, v) for n, v in headers if n.lower() not in _HANDSHAKE_OWN]
+        response: Headers = [
+            (b"upgrade", b"websocket"),
+            (b"sec-websocket-accept", ws.accept_key(handshake.key)),
+            *ws.accept_headers(subprotocol, conn.codec.extensions_header, headers),
+        ]
         try:
             head = w.switching_protocols(response, state.clock.defaults)
         except w.ResponseHeaderError as exc:
@@ -537,6 +521,24 @@ class H1Protocol(WriteFlow):
             else:
                 self._response_done()
 
+    def send_trailers(self, cycle: HTTPCycle, trailers: Headers) -> None:
+        # Only a chunked body can carry trailer fields (RFC 9112 §7.1.2); with HTTP/1.0, a
+        # Content-Length, or no body (HEAD, 204, 304) they are dropped (RFC 9110 §6.5.1).
+        if trailers and self._framing == w.FRAMING_CHUNKED:
+            self._write(w.trailer_section(trailers))
+            self._response_done()
+        else:
+            self.send_body(cycle, b"", True)
+
+    def send_informational(self, cycle: HTTPCycle, status: int, headers: Headers) -> None:
+        head = self._head
+        # Not to an HTTP/1.0 client (RFC 9110 §15.2, RFC 8297 §2).
+        if cycle is self.cycle and head is not None and head.http_version != "1.0":
+            self._write(w.informational(status, headers))
+
+    def push(self, cycle: HTTPCycle, path: str, headers: Headers) -> None:
+        """HTTP/1.1 has no server push: ignored (the extension is not advertised here)."""
+
     def _short_body(self, cycle: HTTPCycle) -> None:
         from sleipnir.asgi.http_cycle import logger
 
@@ -688,10 +690,6 @@ class H1Protocol(WriteFlow):
         self._read_paused = False
         if not self.transport.is_closing():
             self.transport.resume_reading()
-
-
-# Headers of the 101 that the server writes itself; an app's own copies are dropped.
-_HANDSHAKE_OWN = frozenset((b"upgrade", b"connection", b"sec-websocket-accept"))
 
 
 def _chunk_parts(body: bytes, end: bool) -> list[bytes]:

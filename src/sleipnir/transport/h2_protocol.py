@@ -3,20 +3,29 @@ the socket.
 
 An HTTP/1.1 connection hands its transport over (``H1Protocol``): after TLS ALPN chose "h2",
 or when the first bytes are the cleartext client preface (prior knowledge). Each stream runs
-the same ``HTTPCycle`` as an HTTP/1.1 request, through an ``H2Stream``.
+the same ``HTTPCycle`` as an HTTP/1.1 request, through an ``H2Stream``; an extended CONNECT
+(RFC 8441) runs a WebSocket session instead (``transport/h2_ws.py``), whose DATA is routed to
+it by ``on_body``/``on_complete``.
 
 Invariants:
 - Every codec call's bytes are written in call order, gathered in ``_out`` and written once
   per loop iteration (one ``write`` for a read's control frames and the responses of the
-  streams it started).
+  streams it started), or as soon as ``OUT_BATCH_BYTES`` gathered: so a full socket buffer
+  pauses writing (``write_paused``) while an app that sends without suspending is still in
+  its loop, as over HTTP/1.1, instead of after it queued its whole body.
 - A stream's response body goes out as far as the flow-control windows allow; the rest waits
   in ``H2Stream._pending`` and the app's ``send`` awaits ``drain()`` until ``on_window_open``
   takes it. A stream is closed in the codec (``close_stream``) only once its cycle ended and
   nothing is pending, so its concurrency slot is held while the app runs (Rapid Reset).
 - Request body bytes go back to the client's windows when the app consumed them
   (``body_consumed``): a slow reader stops its own upload, not the others.
-- ``deadline`` is 0 while a stream is open; otherwise when the idle connection gets GOAWAY
-  and is closed (the keep-alive timeout).
+- Response trailers (trailing HEADERS with END_STREAM) wait in ``H2Stream._trailers``
+  behind a body that waits for window. A pushed stream (``H2Stream.push``) is served like a
+  client's request, through ``on_request``.
+- ``deadline`` is when the idle connection gets GOAWAY and is closed (the keep-alive
+  timeout); while streams are open, when the oldest response blocked on a zero flow-control
+  window has waited that long without progress (0: none is blocked). Such a stream is reset
+  with CANCEL (``_reset_stalled``); when all the open streams are, the connection closes.
 - After our GOAWAY (shutdown, idle) or the client's, the connection closes when the last open
   stream is done.
 """
@@ -27,6 +36,7 @@ import asyncio
 import contextvars
 import logging
 from typing import TYPE_CHECKING, cast
+from urllib.parse import quote
 
 from sleipnir.asgi.http_cycle import ASGIError, HTTPCycle, http_scope
 from sleipnir.transport.flow import WriteFlow
@@ -34,14 +44,19 @@ from sleipnir.transport.h1_protocol import _create_task
 from sleipnir.wire import h2
 from sleipnir.wire.h1 import Headers, RequestHead, declared_length
 from sleipnir.wire.h1_writer import ResponseHeaderError, error_body
+from sleipnir.wire.h2_fields import response_block
 
 if TYPE_CHECKING:
     from sleipnir.middleware.proxy_headers import TrustedProxies
+    from sleipnir.transport.h2_ws import H2WebSocket
     from sleipnir.transport.state import ServerState
 
 logger = logging.getLogger("sleipnir.error")
 
 _NO_BODY_STATUS = frozenset((204, 304))
+OUT_BATCH_BYTES = 65536  # asyncio's default write-buffer high-water mark
+# A pushed path is the ASGI (decoded) path: what RFC 3986 allows in a path stays as it is.
+_PATH_SAFE = "/!$&'()*+,;=:@"
 
 
 class H2Stream:
@@ -51,6 +66,7 @@ class H2Stream:
         "_conn",
         "_pending",
         "_pending_end",
+        "_trailers",
         "_waiter",
         "answered",
         "body_bytes",
@@ -60,6 +76,7 @@ class H2Stream:
         "head_request",
         "no_body",
         "sid",
+        "stalled_at",
         "unacked",
     )
 
@@ -74,8 +91,10 @@ class H2Stream:
         self.cycle_ended = False
         self.unacked = 0  # request body bytes received and not yet given back to the windows
         self.body_bytes = 0
+        self.stalled_at = 0.0  # while _pending: since when no body byte could go out
         self._pending: bytes | None = None  # response body waiting for window
         self._pending_end = False
+        self._trailers: Headers | None = None  # trailers waiting behind _pending
         self._waiter: asyncio.Future[None] | None = None
 
     # HTTPStream ------------------------------------------------------------------------------
@@ -128,6 +147,7 @@ class H2Stream:
         if taken < len(body):
             self._pending = body[taken:]
             self._pending_end = end
+            conn.stream_stalled(self)
 
     def flush(self) -> None:
         """A window opened: send what waits; wake the app once all of it went out."""
@@ -139,14 +159,66 @@ class H2Stream:
         conn.write(data)
         if taken < len(pending):
             self._pending = pending[taken:]
+            if taken:  # progress: the stall counts from now
+                conn.stream_stalled(self)
             return
         self._pending = None
+        trailers = self._trailers
+        if trailers is not None:
+            self._trailers = None
+            conn.write(conn.codec.send_trailers(self.sid, trailers))
         self._wake()
         if self.cycle_ended:
             conn.close_stream(self)
 
+    def send_trailers(self, cycle: HTTPCycle, trailers: Headers) -> None:
+        """Trailing HEADERS with END_STREAM; none to send: an empty DATA ends the stream."""
+        if self.gone or self.answered or self.no_body:
+            return  # no_body: END_STREAM went out with the head (HEAD, 204, 304)
+        if not trailers:
+            self.send_body(cycle, b"", True)
+        elif self._pending is not None:
+            self._trailers = trailers  # behind the body that waits for window (flush)
+        else:
+            conn = self._conn
+            conn.write(conn.codec.send_trailers(self.sid, trailers))
+
+    def send_informational(self, cycle: HTTPCycle, status: int, headers: Headers) -> None:
+        if self.gone or self.answered:
+            return
+        conn = self._conn
+        conn.write(conn.codec.send_informational(self.sid, status, headers))
+
+    def push(self, cycle: HTTPCycle, path: str, headers: Headers) -> None:
+        """PUSH_PROMISE for a GET of ``path``, then the promised stream is served like a
+        client's request: its own H2Stream, HTTPCycle and task (``H2Protocol.on_request``).
+        Ignored when the client disabled push (or no more can be promised now), and from a
+        pushed stream (RFC 9113 §6.6: only a client's stream can carry a promise)."""
+        if self.gone or self.answered or not self.sid % 2:
+            return
+        conn = self._conn
+        authority = next((v for n, v in cycle.scope["headers"] if n == b"host"), None)
+        if authority is None:
+            return
+        raw_path = quote(path, safe=_PATH_SAFE).encode("ascii")
+        try:
+            # lowercased, no connection-specific fields; :authority is the request's
+            fields = [pair for pair in response_block(0, headers) if pair[0] != b"host"]
+        except ResponseHeaderError as exc:
+            raise ASGIError(f"refused push headers: {exc}") from None
+        scheme = conn._scheme.encode("ascii")
+        promised = conn.codec.push_promise(self.sid, "GET", raw_path, authority, scheme, fields)
+        if promised is None:
+            return
+        sid, out = promised
+        conn.write(out)
+        head = RequestHead("GET", raw_path, b"", "2", [(b"host", authority), *fields], True, False)
+        conn.on_request(sid, head)
+        conn.on_complete(sid)
+
     def abort(self, cycle: HTTPCycle) -> None:
         self._pending = None
+        self._trailers = None
         self._wake()
         if not self.gone:
             conn = self._conn
@@ -188,6 +260,7 @@ class H2Stream:
         """The client reset the stream, or the connection is gone."""
         self.gone = True
         pending, self._pending = self._pending, None
+        self._trailers = None
         self._wake()
         if self.cycle is not None:
             self.cycle.connection_lost()
@@ -231,10 +304,12 @@ class H2Protocol(WriteFlow):
         self._context = context
         self._plain_tasks = plain_tasks
         self.streams: dict[int, H2Stream] = {}
+        self.websockets: dict[int, H2WebSocket] = {}  # RFC 8441 streams: DATA is their frames
         self.deadline = 0.0
         self.write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._out: list[bytes] | None = None
+        self._out_bytes = 0
         self._closed = False
         self._client_goaway = False
 
@@ -312,8 +387,15 @@ class H2Protocol(WriteFlow):
 
     def on_request(self, stream_id: int, head: RequestHead) -> None:
         state = self.state
-        self.deadline = 0.0
-        stream = H2Stream(self, stream_id, head.method == "HEAD")
+        if not self.streams:
+            self.deadline = 0.0  # the idle deadline; a stalled stream's stays
+        websocket: H2WebSocket | None = None
+        if head.upgrade is None:
+            stream = H2Stream(self, stream_id, head.method == "HEAD")
+        else:  # RFC 8441 extended CONNECT: a WebSocket (transport/h2_ws.py)
+            from sleipnir.transport import h2_ws
+
+            stream = websocket = h2_ws.H2WebSocket(self, stream_id)
         self.streams[stream_id] = stream
         limit = state.limit_concurrency
         if limit is not None and (
@@ -328,16 +410,25 @@ class H2Protocol(WriteFlow):
         scope = http_scope(
             head, state.root_path, self._server, self._client, self._scheme, state.lifespan_state
         )
+        scope["extensions"]["http.response.push"] = {}  # HTTP/2 only (H2Stream.push)
         if self._proxies is not None:
             self._proxies.apply_trusted(scope)
         cycle = stream.cycle = HTTPCycle(scope, stream, state.ctx, head.expect_continue)
+        run = cycle.run() if websocket is None else websocket.start(cycle, head)
+        if run is None:
+            return  # a refused WebSocket handshake, answered
         # Each stream's app runs in its own task, with its own copy of the connection's
         # starting context (never another stream's), as HTTP/1.1 requests do.
         context = contextvars.Context() if state.reset_contextvars else self._context.copy()
-        cycle.task = task = _create_task(self.loop, cycle.run(), context, self._plain_tasks)
+        cycle.task = task = _create_task(self.loop, run, context, self._plain_tasks)
         state.tasks.add(task)
 
     def on_body(self, stream_id: int, data: bytes) -> None:
+        if self.websockets:
+            websocket = self.websockets.get(stream_id)
+            if websocket is not None:
+                websocket.data_received(data)  # WebSocket frames, not a request body
+                return
         stream = self.streams.get(stream_id)
         if stream is None or stream.cycle is None or stream.answered:
             return  # given back to the windows by close_stream
@@ -356,6 +447,11 @@ class H2Protocol(WriteFlow):
         stream.cycle.body_received(data)
 
     def on_complete(self, stream_id: int) -> None:
+        if self.websockets:
+            websocket = self.websockets.get(stream_id)
+            if websocket is not None:
+                websocket.eof_received()
+                return
         stream = self.streams.get(stream_id)
         if stream is not None and stream.cycle is not None:
             stream.cycle.message_complete()
@@ -384,7 +480,9 @@ class H2Protocol(WriteFlow):
 
     # Streams ---------------------------------------------------------------------------------
 
-    def _answer(self, stream: H2Stream, status: int, reason: str) -> None:
+    def _answer(
+        self, stream: H2Stream, status: int, reason: str, extra: Headers | None = None
+    ) -> None:
         """Answer a stream without (or instead of) the app; it closes at once if no app runs."""
         stream.answered = True
         state = self.state
@@ -393,6 +491,7 @@ class H2Protocol(WriteFlow):
         headers: Headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", b"%d" % len(body)),
+            *(extra or ()),
             *state.clock.defaults.pairs,
         ]
         codec = self.codec
@@ -429,6 +528,58 @@ class H2Protocol(WriteFlow):
         self.deadline = 0.0
         if not self.streams:
             self.shutdown()
+        else:
+            self._reset_stalled()
+
+    def stream_stalled(self, stream: H2Stream) -> None:
+        """``stream``'s response waits for flow-control window from now: it has the
+        keep-alive timeout to make progress (checked on the deadline sweep)."""
+        now = self.loop.time()
+        stream.stalled_at = now
+        if not self.deadline:
+            self.deadline = now + self.state.timeout_keep_alive_s
+
+    def _reset_stalled(self) -> None:
+        """Streams whose response could not send a byte for the keep-alive timeout get
+        RST_STREAM CANCEL (the server gives up on them; FLOW_CONTROL_ERROR would say the client
+        broke the rules, and a shut window is its right, RFC 9113 §6.9), and their apps
+        ``http.disconnect``: the window is the client's, the stream's slot and the app are
+        not theirs to hold for ever. When every open stream is stalled, GOAWAY and close."""
+        now = self.loop.time()
+        timeout = self.state.timeout_keep_alive_s
+        expired: list[H2Stream] = []
+        open_streams = 0
+        due = 0.0
+        for stream in self.streams.values():
+            if stream.gone:
+                continue
+            open_streams += 1
+            if stream._pending is not None:
+                at = stream.stalled_at + timeout
+                if at <= now:
+                    expired.append(stream)
+                elif not due or at < due:
+                    due = at
+        if not expired:
+            self.deadline = due
+            return
+        codec = self.codec
+        for stream in expired:
+            self.write(codec.reset(stream.sid, h2.CANCEL))
+        self.state.bad_request_log.log(
+            "h2-stalled",
+            "%s - HTTP/2: %d stream(s) reset after %gs without flow-control window",
+            self._client_label,
+            len(expired),
+            timeout,
+        )
+        if len(expired) == open_streams:  # nothing can move: the connection is done
+            self.write(codec.goaway())
+            self._close()  # connection_lost tells the apps
+            return
+        for stream in expired:
+            stream.lost()
+        self.deadline = due
 
     def shutdown(self) -> None:
         """GOAWAY: no new streams; close now if idle, else once the open streams are done."""
@@ -453,9 +604,13 @@ class H2Protocol(WriteFlow):
         out = self._out
         if out is None:
             self._out = [data]
+            self._out_bytes = len(data)
             self.loop.call_soon(self._flush)
         else:
             out.append(data)
+            self._out_bytes += len(data)
+        if self._out_bytes >= OUT_BATCH_BYTES:
+            self._flush()  # the scheduled call finds nothing left
 
     def _flush(self) -> None:
         out = self._out

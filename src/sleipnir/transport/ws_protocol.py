@@ -1,12 +1,20 @@
 """An accepted WebSocket: the ``asyncio.Protocol`` a connection switches to after the 101.
 
-It joins the codec (``wire/ws*.py``), the session (``asgi/ws_cycle.py``) and the socket, and
+It joins the codec (``wire/ws*.py``), the session (``asgi/ws_cycle.py``) and a byte stream, and
 owns what only a transport can do: keep-alive pings, the closing handshake's timeout, flow
 control both ways and the graceful-shutdown close (1012).
 
+The byte stream is an ``asyncio.Transport``, and only this part of it is used: ``write``,
+``close`` (orderly, after what was written), ``abort``, ``pause_reading``, ``resume_reading``,
+``is_reading``, ``is_closing`` and ``set_protocol``; it calls back ``data_received``,
+``eof_received``, ``connection_lost``, ``pause_writing`` and ``resume_writing``. Over HTTP/1.1
+that is the socket's transport itself (the hot path has no layer in between); over HTTP/2 it
+is one stream (RFC 8441), ``transport/h2_ws.H2StreamTransport``.
+
 Invariants:
-- The server closes the TCP connection once the closing handshake is done (RFC 6455 §7.1.1);
-  if the peer does not answer our close frame within ``CLOSE_TIMEOUT_S``, it is dropped.
+- The server closes its byte stream once the closing handshake is done (RFC 6455 §7.1.1: the
+  TCP connection, or END_STREAM over HTTP/2); if the peer does not answer our close frame
+  within ``CLOSE_TIMEOUT_S``, it is dropped (a TCP reset, or RST_STREAM).
 - Reading pauses while the session's queue is full or while the socket's write buffer is
   above its high-water mark (a client that sends pings but never reads cannot grow it).
 - ``deadline`` is the next ping, the pong timeout, or the close timeout (one clock sweep for all
@@ -57,7 +65,7 @@ class WSSettings:
 
 
 class WSConnection(WriteFlow):
-    """One accepted WebSocket on an HTTP/1.1 connection's transport."""
+    """One accepted WebSocket, on an HTTP/1.1 connection's transport or an HTTP/2 stream."""
 
     def __init__(
         self,
@@ -88,7 +96,8 @@ class WSConnection(WriteFlow):
         self.failing = False  # a protocol error waits for the app to take earlier messages
 
     def start(self, response_head: bytes, rest: bytes) -> None:
-        """Send the 101, take the transport over, and parse what arrived with the handshake."""
+        """Send the 101 (b"" over HTTP/2: the 200 went out as HEADERS), take the transport
+        over, and parse what arrived with the handshake."""
         transport = self.transport
         transport.set_protocol(self)
         transport.write(response_head)

@@ -127,6 +127,57 @@ def check_handshake(method: str, http_version: str, headers: Headers) -> Handsha
         raise HandshakeError(400, "WebSocket handshake must use GET")
     if http_version != "1.1":
         raise HandshakeError(400, "WebSocket handshake needs HTTP/1.1")
+    keys, versions, subprotocols, offers = _handshake_fields(headers, empty_body_ok=True)
+    if versions != [SUPPORTED_VERSION]:
+        # RFC 6455 §4.4: 426 with the versions we speak.
+        raise HandshakeError(
+            426,
+            "unsupported WebSocket version",
+            [(b"sec-websocket-version", SUPPORTED_VERSION), (b"upgrade", b"websocket")],
+        )
+    if len(keys) != 1 or not _valid_key(keys[0]):
+        raise HandshakeError(400, "missing or invalid Sec-WebSocket-Key")
+    return Handshake(keys[0], subprotocols, offers)
+
+
+def check_extended_connect(method: str, protocol: bytes | None, headers: Headers) -> Handshake:
+    """Validate an HTTP/2 extended CONNECT (RFC 8441 §4-5); raise ``HandshakeError``.
+
+    The codec (``h2_fields.build_request``) already refused, as malformed, a ``:protocol``
+    outside a CONNECT or one without ``:scheme``, ``:path`` or ``:authority``. Here:
+
+    - A ``:protocol`` other than "websocket" is 501 Not Implemented (RFC 9220 §3, which states
+      it for HTTP/3 with semantics "identical to those in HTTP/2 as defined in RFC 8441").
+    - Sec-WebSocket-Version must be 13. A mismatch is 400 with the versions we speak (RFC 6455
+      §4.4 asks for "an appropriate HTTP error code"; its example, 426, requires an Upgrade
+      header, which HTTP/2 forbids: RFC 9110 §15.5.22, RFC 9113 §8.2.2).
+    - Sec-WebSocket-Key is not required and not processed (RFC 8441 §5: superseded by
+      ``:protocol``); the accept carries no Sec-WebSocket-Accept. ``Handshake.key`` is b"".
+    - Subprotocols and extension offers are read exactly as over HTTP/1.1.
+    - A CONNECT has no content (RFC 9110 §9.3.6): any Content-Length is refused, since the
+      WebSocket's frames, DATA like a request body, would be counted against it.
+    """
+    if method != "CONNECT" or protocol is None:
+        raise HandshakeError(400, "not an extended CONNECT")
+    if protocol.lower() != b"websocket":
+        raise HandshakeError(501, "unsupported :protocol in extended CONNECT")
+    _, versions, subprotocols, offers = _handshake_fields(headers, empty_body_ok=False)
+    if versions != [SUPPORTED_VERSION]:
+        raise HandshakeError(
+            400,
+            "unsupported WebSocket version",
+            [(b"sec-websocket-version", SUPPORTED_VERSION)],
+        )
+    return Handshake(b"", subprotocols, offers)
+
+
+def _handshake_fields(
+    headers: Headers, empty_body_ok: bool
+) -> tuple[list[bytes], list[bytes], list[str], list[bytes]]:
+    """The handshake fields of a request, the same way over HTTP/1.1 and HTTP/2: keys,
+    versions, subprotocols (in order) and raw extension offers. A request body (or, without
+    ``empty_body_ok``, any Content-Length) raises ``HandshakeError``: what follows the
+    handshake is frames, a body would be read as one."""
     keys: list[bytes] = []
     versions: list[bytes] = []
     subprotocols: list[str] = []
@@ -140,19 +191,28 @@ def check_handshake(method: str, http_version: str, headers: Headers) -> Handsha
             subprotocols.extend(t.decode("latin-1") for t in _tokens(value, lower=False))
         elif name == b"sec-websocket-extensions":
             offers.append(value)
-        elif (name == b"content-length" and value != b"0") or name == b"transfer-encoding":
-            # What follows the handshake is frames: a request body would be read as one.
+        elif (
+            name == b"content-length" and (value != b"0" or not empty_body_ok)
+        ) or name == b"transfer-encoding":
             raise HandshakeError(400, "WebSocket handshake with a request body")
-    if versions != [SUPPORTED_VERSION]:
-        # RFC 6455 §4.4: 426 with the versions we speak.
-        raise HandshakeError(
-            426,
-            "unsupported WebSocket version",
-            [(b"sec-websocket-version", SUPPORTED_VERSION), (b"upgrade", b"websocket")],
-        )
-    if len(keys) != 1 or not _valid_key(keys[0]):
-        raise HandshakeError(400, "missing or invalid Sec-WebSocket-Key")
-    return Handshake(keys[0], subprotocols, offers)
+    return keys, versions, subprotocols, offers
+
+
+# Headers of an accept that the server writes itself; an app's own copies are dropped.
+_HANDSHAKE_OWN = frozenset((b"upgrade", b"connection", b"sec-websocket-accept"))
+
+
+def accept_headers(subprotocol: str | None, extensions: bytes | None, extra: Headers) -> Headers:
+    """The headers an accept carries over HTTP/1.1 (after Upgrade and Sec-WebSocket-Accept in
+    the 101) and HTTP/2 (the 200, RFC 8441 §5): the chosen subprotocol, the negotiated
+    extensions, then the app's ``extra`` headers except those the server writes itself."""
+    headers: Headers = []
+    if subprotocol is not None:
+        headers.append((b"sec-websocket-protocol", subprotocol.encode("latin-1")))
+    if extensions is not None:
+        headers.append((b"sec-websocket-extensions", extensions))
+    headers += [(n, v) for n, v in extra if n.lower() not in _HANDSHAKE_OWN]
+    return headers
 
 
 def accept_key(key: bytes) -> bytes:
