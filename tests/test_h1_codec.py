@@ -539,3 +539,62 @@ def test_ignored_upgrade_without_body(parser: str) -> None:
     data = b"GET /up HTTP/1.1\r\n" + HOST + _UPGRADE_FOO + b"\r\nGET /next HTTP/1.1\r\n" + HOST
     requests = parse(parser, data + b"\r\n")
     assert summary(requests) == [("GET", b"/up", b"", b"", True), ("GET", b"/next", b"", b"", True)]
+
+
+# Upgrade requests the connection switches on, with a body (h2c: RFC 7540 §3.2) ---------------
+
+
+@dataclass
+class Switcher(Recorder):
+    """Stops the parser at the first request, handing the rest of it to ``after``."""
+
+    after: Recorder = field(default_factory=Recorder)
+    codec: H1Parser | None = None
+
+    def on_request(self, head: RequestHead) -> None:
+        super().on_request(head)
+        assert self.codec is not None
+        self.after.requests.append(Seen(head))
+        self.codec.stop(self.after)
+
+
+_SWITCHED_BODIES = [
+    (b"Content-Length: 5\r\n", b"hello"),
+    (b"Content-Length: 00\r\n", b""),
+    (b"Transfer-Encoding: chunked\r\n", b"2;x=y\r\nhe\r\n3\r\nllo\r\n0\r\nx-t: 1\r\n\r\n"),
+]
+
+
+@pytest.mark.parametrize("size", [0, 1, 7])
+@pytest.mark.parametrize(("framing", "body"), _SWITCHED_BODIES, ids=["cl", "cl-zero", "chunked"])
+def test_stopped_parser_reads_the_body_then_holds(
+    parser: str, size: int, framing: bytes, body: bytes
+) -> None:
+    """``stop(handler)`` in ``on_request``: the request's body still goes to ``handler``
+    (llhttp skipped it; h11 parses it), then its completion; the bytes after it, never
+    parsed, are held, all of them by then."""
+    rec = Switcher()
+    codec = rec.codec = make(parser, rec)
+    upgrade = b"Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AA\r\n"
+    after = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04"
+    data = b"POST /up HTTP/1.1\r\n" + HOST + upgrade + framing + b"\r\n" + body + after
+    held = b""
+    for piece in pieces(data, size or len(data)):
+        codec.feed(piece)
+        if rec.after.requests[-1:] and rec.after.requests[-1].complete:
+            held += codec.take_held()
+    [seen] = rec.after.requests
+    expected = b"hello" if body else b""
+    assert (seen.body, seen.complete, held) == (expected, True, after)
+    assert [(s.body, s.complete) for s in rec.requests] == [(b"", False)]
+
+
+def test_stopped_parser_refuses_invalid_chunked_framing(parser: str) -> None:
+    rec = Switcher()
+    codec = rec.codec = make(parser, rec)
+    head = b"POST /up HTTP/1.1\r\n" + HOST + b"Upgrade: h2c\r\nConnection: upgrade\r\n"
+    codec.feed(head + b"Transfer-Encoding: chunked\r\n\r\n2\r\nhe\r\n")
+    with pytest.raises(H1Error) as info:
+        codec.feed(b"zz\r\nllo\r\n0\r\n\r\n")
+    assert info.value.status == 400
+    assert rec.after.requests[0].body == b"he" and not rec.after.requests[0].complete

@@ -86,6 +86,7 @@ class Recorder:
     windows: list[int] = field(default_factory=list)
     goaways: list[tuple[int, int]] = field(default_factory=list)
     refused: list[tuple[int, str]] = field(default_factory=list)
+    outcomes: list[tuple[int, int]] = field(default_factory=list)  # (status, error code)
 
     def on_request(self, stream_id: int, head: RequestHead) -> None:
         assert stream_id not in self.streams
@@ -111,9 +112,11 @@ class Recorder:
     def on_goaway(self, error_code: int, last_stream_id: int) -> None:
         self.goaways.append((error_code, last_stream_id))
 
-    def on_refused(self, stream_id: int, reason: str) -> None:
+    def on_refused(self, stream_id: int, status: int, error_code: int, reason: str) -> None:
         assert stream_id not in self.streams and reason
+        assert bool(status) != bool(error_code)  # answered with a status, or reset
         self.refused.append((stream_id, reason))
+        self.outcomes.append((status, error_code))
 
 
 class Clock:
@@ -323,6 +326,7 @@ class TestFieldCompression:
         response = peer.take(ResponseReceived)
         assert len(response) == 1 and (b":status", b"431") in response[0].headers
         assert peer.rec.refused[0][0] == sid and not peer.rec.streams
+        assert peer.rec.outcomes == [(431, 0)]
         assert peer.request(GET) == sid + 2 and peer.rec.streams  # the connection lives on
 
     def test_too_many_fields_gets_431(self) -> None:
@@ -373,6 +377,7 @@ class TestStreamStates:
         assert set(raw.rec.streams) == {1, 3}
         assert resets(raw.out) == {5: ErrorCodes.REFUSED_STREAM}
         assert raw.rec.refused[0][0] == 5
+        assert raw.rec.outcomes == [(0, ErrorCodes.REFUSED_STREAM)]
         # A reset by the client does not free the slot: the app still runs (Rapid Reset).
         raw.send(RstStreamFrame(1, ErrorCodes.CANCEL))
         assert raw.rec.streams[1].reset == ErrorCodes.CANCEL
@@ -806,12 +811,14 @@ class TestRequests:
             sid: ErrorCodes.PROTOCOL_ERROR
         }
         assert not peer.rec.streams and peer.rec.refused[0][0] == sid
+        assert peer.rec.outcomes == [(0, ErrorCodes.PROTOCOL_ERROR)]
         assert peer.request(GET) in peer.rec.streams  # a stream error: the connection lives
 
     def test_connect_tunnel_not_served(self) -> None:
         peer = Peer()
         peer.request([(b":method", b"CONNECT"), (b":authority", b"example.com:443")])
         assert (b":status", b"501") in peer.take(ResponseReceived)[0].headers
+        assert peer.rec.outcomes == [(501, 0)]
 
     def test_content_length_mismatch_is_a_stream_error(self) -> None:
         """RFC 9113 §8.1.1: a malformed request, RST_STREAM PROTOCOL_ERROR; the connection

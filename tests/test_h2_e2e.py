@@ -4,7 +4,10 @@ prior knowledge, httpx over TLS with ALPN, curl), the same ASGI HTTP cycle as HT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import select
 import shutil
 import socket
 import ssl
@@ -120,11 +123,14 @@ class Client:
         self.uploads: dict[int, bytes] = {}
         self.goaway: ConnectionTerminated | None = None
         self.closed = False
+        self.autoflush = True  # False: the caller sends conn.data_to_send() itself
         self.conn.initiate_connection()
         if send_preface:
             self.flush()
 
     def flush(self) -> None:
+        if not self.autoflush:
+            return
         data = self.conn.data_to_send()
         if data:
             self.sock.sendall(data)
@@ -595,10 +601,438 @@ def test_a_cancelled_sender_leaves_the_others_waiting(loop: str) -> None:
         client.conn.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
         client.conn.increment_flow_control_window(2**31 - 1 - 65535)
         client.flush()
+        # Both requests in one write: once the buffer is full the server reads no more.
+        client.autoflush = False
         patient = client.request("GET", "/?patient=1")
         impatient = client.request("GET", "/?patient=0")
+        client.autoflush = True
+        client.flush()
         assert flood_timed_out.wait(10), "the impatient app never blocked"
         kept, dropped = client.wait(patient, impatient, timeout=30)
         assert kept.ended and kept.reset is None
         assert len(kept.body) == FLOOD_CHUNK * FLOOD_CHUNKS
         assert dropped.reset is not None  # its app returned without finishing
+
+
+# h2c Upgrade of a request with a body ---------------------------------------------------------
+
+FRAMINGS = ["content-length", "chunked"]
+
+
+def _chunked(body: bytes, size: int = 20_000) -> bytes:
+    """``body`` as chunks with an extension on the first, then a trailer section."""
+    pieces = [body[at : at + size] for at in range(0, len(body), size)]
+    out = [b"%x;ext=1\r\n%s\r\n" % (len(pieces[0]), pieces[0])]
+    out += [b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces[1:]]
+    return b"".join(out) + b"0\r\nx-trailer: 1\r\n\r\n"
+
+
+def _upgrade_head(path: bytes, settings: bytes, field_line: bytes) -> bytes:
+    """The head of an h2c Upgrade request (RFC 7540 §3.2) with a body framed by
+    ``field_line``."""
+    return (
+        b"POST " + path + b" HTTP/1.1\r\nHost: localhost\r\n"
+        b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: " + settings + b"\r\n" + field_line + b"\r\n\r\n"
+    )
+
+
+def _body_upgrade(path: bytes, settings: bytes, framing: str, body: bytes) -> bytes:
+    """An h2c Upgrade request carrying ``body``, framed as ``framing``."""
+    if framing == "chunked":
+        return _upgrade_head(path, settings, b"Transfer-Encoding: chunked") + _chunked(body)
+    return _upgrade_head(path, settings, b"Content-Length: %d" % len(body)) + body
+
+
+def _upgrade_client(sock: socket.socket) -> tuple[Client, bytes]:
+    """An h2 client whose request is sent over HTTP/1.1: stream 1 is opened by the 101."""
+    _open.append(sock)
+    client = Client(sock, send_preface=False)
+    client.conn = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    settings = client.conn.initiate_upgrade_connection()  # the preface waits in the client
+    assert settings is not None
+    client.responses[1] = Response()
+    return client, settings
+
+
+def _read_101(client: Client) -> None:
+    """Read the 101 and hand the bytes after it to the HTTP/2 client."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = client.sock.recv(1 << 16)
+        assert chunk, f"connection closed before the 101: {received!r}"
+        received += chunk
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert b"upgrade: h2c" in head.lower()
+    client.handle(rest)
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+@pytest.mark.parametrize("pipelined", [False, True], ids=["preface-after-101", "pipelined"])
+def test_h2c_upgrade_with_a_body(loop: str, parser: str, framing: str, pipelined: bool) -> None:
+    """The request's body is read as HTTP/1.1 after the 101 and is stream 1's; what follows
+    it (the client preface) is HTTP/2. ``pipelined``: the preface comes in the same write as
+    the body, so the server finds it in the bytes the HTTP/1.1 parser held."""
+    body = bytes(range(256)) * (UPLOAD // 256)  # more than BODY_HIGH_WATER_BYTES
+    with run_server(app, loop=loop, http=parser) as srv:
+        client, settings = _upgrade_client(srv.connect())
+        request = _body_upgrade(b"/echo", settings, framing, body)
+        if pipelined:
+            client.sock.sendall(request + client.conn.data_to_send())
+            _read_101(client)
+        else:
+            client.sock.sendall(request)
+            _read_101(client)
+            client.flush()  # the client preface, only now (RFC 7540 §3.2)
+        [response] = client.wait(1)
+        assert (response.status, response.body == body) == (200, True)
+        # The connection is HTTP/2 from here: another stream, with a body of its own.
+        [again] = client.wait(client.request("POST", "/echo", b"after"))
+        assert (again.status, bytes(again.body)) == (200, b"after")
+
+
+def test_h2c_upgrade_with_a_body_scope(parser: str) -> None:
+    """Stream 1's scope: HTTP/2, the body's framing and the upgrade fields gone."""
+    with run_server(app, http=parser) as srv:
+        client, settings = _upgrade_client(srv.connect())
+        client.sock.sendall(_body_upgrade(b"/scope", settings, "chunked", b"x" * 100))
+        _read_101(client)
+        client.flush()
+        [response] = client.wait(1)
+    seen = json.loads(response.body)
+    assert (seen["http_version"], seen["method"]) == ("2", "POST")
+    names = {name for name, _ in seen["headers"]}
+    assert not names & {"upgrade", "connection", "http2-settings", "transfer-encoding"}
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_h2c_upgrade_with_a_body(loop: str, parser: str, tmp_path: Path) -> None:
+    """``curl --http2 -d @file``: h2c Upgrade on a POST; the echo comes back over HTTP/2."""
+    body = (b"0123456789abcdef" * (UPLOAD // 16))[:UPLOAD]
+    path = tmp_path / "body"
+    path.write_bytes(body)
+    with run_server(app, loop=loop, http=parser) as srv:
+        command = ["curl", "-s", "--http2", "--max-time", "10", "-w", " %{http_version}"]
+        out = subprocess.run(
+            [*command, "-d", f"@{path}", srv.url + "/echo"],
+            capture_output=True,
+            timeout=20,
+        )
+    if b"--http2" in out.stderr:  # pragma: no cover - curl without HTTP/2
+        pytest.skip("curl without HTTP/2")
+    assert out.stdout == body + b" 2"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_h2c_upgrade_expecting_100_is_served_over_http11(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """curl asks for 100 Continue before a body over 1 MiB and sends it only then. After a
+    101 no HTTP/1.1 100 can come (and a 100 on stream 1 would wait behind the client's
+    preface, itself behind the body), so such a request is not upgraded."""
+    path = tmp_path / "body"
+    path.write_bytes(b"b" * (1 << 20 | 1))
+    command = ["curl", "-s", "--http2", "--max-time", "10", "-o", "/dev/null"]
+    command += ["-w", "%{http_version} %{http_code} %{size_download}"]
+    out = subprocess.run(
+        [*command, "--data-binary", f"@{path}", server.url + "/echo"],
+        capture_output=True,
+        timeout=20,
+    )
+    assert out.stdout == b"1.1 200 %d" % (1 << 20 | 1)
+
+
+def test_h2c_upgrade_body_over_the_limit(parser: str) -> None:
+    """--limit-request-body: a chunked body that crosses it is a 413 on stream 1 (the rest of
+    it is read and dropped, and the connection goes on as HTTP/2); a declared Content-Length
+    over it is not upgraded: HTTP/1.1 answers 413 before reading the body."""
+    with run_server(app, http=parser, limit_request_body=1000) as srv:
+        client, settings = _upgrade_client(srv.connect())
+        client.sock.sendall(_body_upgrade(b"/echo", settings, "chunked", b"a" * 5000))
+        _read_101(client)
+        client.flush()
+        [response] = client.wait(1)
+        assert response.status == 413
+        [again] = client.wait(client.request("GET", "/"))
+        assert (again.status, bytes(again.body)) == (200, b"hello")
+        with srv.connect() as sock:
+            sock.sendall(_body_upgrade(b"/echo", settings, "content-length", b"a" * 5000))
+            assert sock.recv(1 << 16).startswith(b"HTTP/1.1 413 ")
+
+
+def _frames(data: bytes) -> list[Frame]:
+    frames = []
+    view = memoryview(data)
+    while len(view) >= 9:
+        frame, length = Frame.parse_frame_header(view[:9])
+        frame.parse_body(view[9 : 9 + length])
+        frames.append(frame)
+        view = view[9 + length :]
+    return frames
+
+
+@pytest.mark.parametrize("later", [False, True], ids=["with-the-head", "after-the-101"])
+def test_h2c_upgrade_invalid_chunked_body_closes(parser: str, later: bool) -> None:
+    """Invalid chunked framing after the 101: the connection is no longer HTTP/1.1 and not
+    yet HTTP/2 (the client has sent no preface): GOAWAY PROTOCOL_ERROR, then close."""
+    with run_server(app, http=parser) as srv:
+        client, settings = _upgrade_client(srv.connect())
+        request = _body_upgrade(b"/echo", settings, "chunked", b"x" * 10)
+        valid, bad = request[: -len(b"0\r\nx-trailer: 1\r\n\r\n")], b"zz\r\nbad\r\n"
+        client.sock.settimeout(10)
+        if later:  # the head and a valid chunk, the 101, then the invalid chunk-size line
+            client.sock.sendall(valid)
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += client.sock.recv(1 << 16)
+            client.sock.sendall(bad)
+        else:
+            client.sock.sendall(valid + bad)
+            received = b""
+        while chunk := client.sock.recv(1 << 16):
+            received += chunk
+    head, _, rest = received.partition(b"\r\n\r\n")
+    if parser == "h11" and not later:
+        # h11 checks the chunk-size lines that came with the head before handing the head
+        # on: the request is refused before anything is switched.
+        assert head.startswith(b"HTTP/1.1 400 ")
+        return
+    assert head.startswith(b"HTTP/1.1 101 ")
+    [goaway] = [f for f in _frames(rest) if isinstance(f, GoAwayFrame)]
+    assert goaway.error_code == ErrorCodes.PROTOCOL_ERROR
+
+
+def _send_until_blocked(
+    sock: socket.socket, produce: Any, limit: int, stall_s: float = 1.0
+) -> bytes:
+    """Send what ``produce()`` returns until the socket stays unwritable for ``stall_s``: the
+    peer has stopped reading and every buffer between is full. Returns the unsent rest of
+    the last piece. Fails once ``limit`` bytes went out without that."""
+    sock.setblocking(False)
+    sent, pending = 0, b""
+    while sent < limit:
+        if not pending:
+            pending = produce()
+        try:
+            size = sock.send(pending)
+        except (BlockingIOError, ssl.SSLWantWriteError):
+            if not select.select([], [sock], [], stall_s)[1]:
+                return pending
+            continue
+        sent += size
+        pending = pending[size:]
+    raise AssertionError(f"{sent} bytes sent and the server still reads")
+
+
+def _server_connection(srv: RunningServer) -> H2Protocol:
+    state = srv.server.state
+    assert state is not None
+    [conn] = [c for c in list(state.clock.connections) if isinstance(c, H2Protocol)]
+    return conn
+
+
+def _small_buffers(srv: RunningServer) -> None:
+    """A fixed receive buffer on the listening socket, inherited by accepted ones, so that a
+    server that stops reading fills it quickly (loopback autotuning would grow it to MiBs)."""
+    srv.server.servers[0].sockets[0].setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+
+
+held_body = threading.Event()
+
+
+async def hold_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """Reads nothing until ``held_body`` is set (waited for in a thread), then the body; says
+    how many bytes it got."""
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/hold":
+        await asyncio.get_running_loop().run_in_executor(None, held_body.wait, 30)
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"%d" % size})
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_h2c_upgrade_body_pauses_reading(loop: str, parser: str, framing: str) -> None:
+    """The upgrade body is not flow-controlled by HTTP/2: reading stops while the app has
+    more than the read-buffer high-water mark unread, as over HTTP/1.1, so the client's
+    sends block; once the app reads, all of it arrives."""
+    held_body.clear()
+    total = 16 << 20
+    with run_server(hold_app, loop=loop, http=parser) as srv:
+        _small_buffers(srv)
+        client, settings = _upgrade_client(srv.connect())
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        # 16 MiB, produced piece by piece: Content-Length, or one chunk per piece.
+        if framing == "chunked":
+            pieces = [_upgrade_head(b"/hold", settings, b"Transfer-Encoding: chunked")]
+            pieces += [b"%x\r\n%s\r\n" % (1 << 16, b"u" * (1 << 16))] * (total >> 16)
+            pieces.append(b"0\r\n\r\n")
+        else:
+            pieces = [_upgrade_head(b"/hold", settings, b"Content-Length: %d" % total)]
+            pieces += [b"u" * (1 << 16)] * (total >> 16)
+        pieces.reverse()
+        rest = _send_until_blocked(client.sock, pieces.pop, total // 2)
+        conn = _server_connection(srv)
+        assert not conn.transport.is_reading()  # paused: the app has read nothing
+        held_body.set()
+        client.sock.setblocking(True)
+        client.sock.settimeout(10)
+        client.sock.sendall(rest + b"".join(reversed(pieces)))
+        _read_101(client)
+        client.flush()
+        [response] = client.wait(1, timeout=20)
+    assert (response.status, bytes(response.body)) == (200, b"%d" % total)
+
+
+# HTTP/2 reads pause while the socket's write buffer is full ----------------------------------
+
+
+ANSWER = b"a" * 16384
+
+
+async def pressure_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """``/flood``: 16 MiB; anything else: 16 KiB at once."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    if scope["path"] != "/flood":
+        await send({"type": "http.response.body", "body": ANSWER})
+        return
+    for _ in range(64):
+        chunk = b"f" * (256 * 1024)
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def test_reading_pauses_while_the_write_buffer_is_full(loop: str) -> None:
+    """A client that asks for a large response, never reads, and keeps sending (PINGs,
+    requests, frames of an unknown type, which must be ignored): once the server's write
+    buffer is full it stops reading, so the client's sends block instead of the server
+    queueing answers without bound. When the client reads again, everything is answered."""
+    with run_server(pressure_app, loop=loop) as srv:
+        _small_buffers(srv)
+        sock = _small_client_buffers(srv.connect())
+        _open.append(sock)
+        _pressure(srv, sock, b"http")
+
+
+def test_reading_pauses_while_the_write_buffer_is_full_tls(
+    certs: tuple[trustme.CA, Path, Path], loop: str
+) -> None:
+    """The same over TLS, where the transport pausing is the TLS layer's (asyncio's and
+    uvloop's SSL protocols buffer on both sides of the encryption)."""
+    ca, cert, key = certs
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(context)
+    context.set_alpn_protocols(["h2"])
+    settings: dict[str, Any] = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+    with run_server(pressure_app, loop=loop, **settings) as srv:
+        _small_buffers(srv)
+        raw = _small_client_buffers(srv.connect())
+        tls = context.wrap_socket(raw, server_hostname="localhost")  # takes raw's descriptor
+        _open.append(tls)
+        assert tls.selected_alpn_protocol() == "h2"
+        _pressure(srv, tls, b"https")
+        # Before the server stops: uvloop's TLS shutdown waits for the client's close_notify,
+        # and an open, silent client leaves the socket to the loop's close (ResourceWarning).
+        tls.close()
+
+
+def _small_client_buffers(sock: socket.socket) -> socket.socket:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    return sock
+
+
+def _pressure(srv: RunningServer, sock: socket.socket, scheme: bytes) -> None:
+    """``sock`` asks ``pressure_app`` for /flood without reading, sends until the server
+    stops reading, then reads everything."""
+    client = Client(sock, send_preface=False)
+    client.conn.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+    client.conn.increment_flow_control_window(2**31 - 1 - 65535)
+    client.flush()
+    flood = client.request("GET", "/flood")
+    # A frame of an unused type (RFC 9113 §5.5: ignored) pads each piece to 4 KiB.
+    filler = b"\x00\x10\x00\xbb\x00\x00\x00\x00\x00" + b"p" * 4096
+    fields = [(b":method", b"GET"), (b":scheme", scheme), (b":path", b"/")]
+    pieces = 0
+
+    def produce() -> bytes:
+        nonlocal pieces
+        pieces += 1
+        if not pieces % 8:
+            client.conn.ping(b"%08d" % pieces)
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, [*fields, (b":authority", b"localhost")], True)
+        client.responses[sid] = Response()
+        return client.conn.data_to_send() + filler
+
+    # Each piece is answered with 16 KiB (and every 8th with a PING ACK): a server that read
+    # 16 MiB of them would have queued 64 MiB for a client that does not read. (Apps blocked
+    # on the full buffer hold their streams: past 100, new ones get REFUSED_STREAM.)
+    rest = _send_until_blocked(sock, produce, 16 << 20)
+    conn = _server_connection(srv)
+    assert not conn.transport.is_reading()
+    # The high-water mark, plus the answers to the read in which it was crossed.
+    assert conn.transport.get_write_buffer_size() < 4 << 20
+    assert pieces < 1000  # under 4 MiB sent; and far from the PING flood bound
+    # The client reads again: the server resumes writing, then reading; all is answered.
+    # The client's own sends (the rest of its last piece, WINDOW_UPDATEs) must not block its
+    # reading: they go out as the socket takes them.
+    responses = [client.responses[sid] for sid in (flood, *range(3, 3 + 2 * pieces, 2))]
+    client.autoflush = False
+    out = rest
+    deadline = time.monotonic() + 30
+    while out or not all(r.ended or r.reset is not None for r in responses):
+        assert time.monotonic() < deadline, "timed out waiting for the answers"
+        assert not client.closed, "connection closed"
+        ready = isinstance(sock, ssl.SSLSocket) and sock.pending()
+        readable, writable, _ = select.select([sock], [sock] if out else [], [], 0 if ready else 5)
+        with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            if writable:
+                out = out[sock.send(out) :]
+            if readable or ready:
+                client.pump()
+        out += client.conn.data_to_send()
+    client.autoflush = True
+    sock.setblocking(True)
+    sock.settimeout(10)
+    assert len(responses[0].body) == 64 * 256 * 1024
+    answered = {(r.status, bytes(r.body)) for r in responses[1:] if r.reset is None}
+    assert answered == {(200, ANSWER)}
+    assert {r.reset for r in responses[1:]} <= {None, ErrorCodes.REFUSED_STREAM}
+    [last] = client.wait(client.request("GET", "/"))
+    assert last.status == 200
+
+
+# Refused streams are logged with what they got ------------------------------------------------
+
+
+def test_refused_streams_log_their_outcome(caplog: pytest.LogCaptureFixture) -> None:
+    """A stream the codec refuses itself is logged as what it got: 431, or RST_STREAM
+    REFUSED_STREAM, not a blanket 400."""
+    with run_server(app, h2_max_concurrent_streams=1) as srv:
+        client = connect(srv)
+        slow = client.request("GET", "/slow")  # sent before the client read the server's
+        over = client.request("GET", "/")  # SETTINGS: the second is over the limit
+        refused, served = client.wait(over, slow)
+        too_many = [(b"x-%d" % i, b"1") for i in range(101)]
+        [big] = client.wait(client.request("GET", "/", extra=too_many))
+    assert (big.status, refused.reset, served.status) == (431, ErrorCodes.REFUSED_STREAM, 200)
+    messages = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "sleipnir.error" and r.levelno >= logging.WARNING
+    ]
+    assert any(" - 431: HTTP/2 stream refused" in m for m in messages), messages
+    assert any("RST_STREAM REFUSED_STREAM" in m for m in messages), messages
+    assert not any(" - 400: " in m for m in messages), messages

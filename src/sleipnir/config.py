@@ -180,7 +180,8 @@ SETTINGS: tuple[Setting, ...] = (
        _LIMITS, minimum=0, default_text="unset (no limit)"),
     # Timeouts
     _s("timeout_keep_alive", float, 5.0, "Close an idle keep-alive connection after this many "
-       "seconds.", _TIMEOUTS, minimum=0),
+       "seconds. Also how long an HTTP/2 response may wait on a zero flow-control window "
+       "without progress before its stream is reset with CANCEL.", _TIMEOUTS, minimum=0),
     _s("timeout_request_header", float, 10.0, "Close a connection whose request head is not "
        "complete within this many seconds (408 when a response is possible).", _TIMEOUTS,
        minimum=0),

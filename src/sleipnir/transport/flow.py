@@ -1,4 +1,4 @@
-"""Write flow control shared by the connection protocols (HTTP/1.1 and WebSocket).
+"""Write flow control shared by the connection protocols (HTTP/1.1, HTTP/2 and WebSocket).
 
 The transport calls ``pause_writing`` when its buffer passes the high-water mark and
 ``resume_writing`` when it has drained; an application's ``send`` awaits ``drain()`` while

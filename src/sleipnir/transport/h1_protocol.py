@@ -13,6 +13,10 @@ Invariants:
 - A WebSocket handshake is the connection's last HTTP request: the parser stops after it, the
   app's answer is either an HTTP response (then the connection closes) or an accept, which
   hands the transport and the bytes read since to a ``WSConnection``.
+- An ``Upgrade: h2c`` request that is taken (``_h2c_candidate``) is the connection's last
+  HTTP/1.1 request: the 101 goes out from ``on_request`` and an ``H2Protocol`` owns the
+  transport from there, the parser reading the request's body for its stream 1. A framing
+  error in that body is the HTTP/2 connection's (``H2Protocol.upgrade_failed``), not a 400.
 - ASGI extensions: trailer fields go out only after a chunked body (the cycle passes none
   without ``TE: trailers``), 103 Early Hints only to HTTP/1.1 requests, push never.
 """
@@ -124,6 +128,7 @@ class H1Protocol(WriteFlow):
         # they differ (then never again: the HTTP/1.1 path pays one attribute test per read).
         self._h2_probe = False
         self._probe = b""
+        self._h2c: H2Protocol | None = None  # took over after an h2c Upgrade request
 
     # asyncio.Protocol ------------------------------------------------------------------------
 
@@ -203,6 +208,9 @@ class H1Protocol(WriteFlow):
         try:
             self.parser.feed(data)
         except H1Error as exc:
+            if self._h2c is not None:  # in the body of an h2c Upgrade request: after the 101
+                self._h2c.upgrade_failed(exc)
+                return
             self._fail_request(exc)
 
     def _probe_h2(self, data: bytes) -> bytes:
@@ -229,32 +237,35 @@ class H1Protocol(WriteFlow):
 
     def _h2c_candidate(self, head: RequestHead) -> bool:
         """An ``Upgrade: h2c`` request (RFC 7540 §3.2) this connection takes: cleartext, nothing
-        in flight, one ``HTTP2-Settings`` and no body (one with a body is served over HTTP/1.1:
-        the server may ignore Upgrade). The switch happens once the parser returned."""
+        in flight, one ``HTTP2-Settings``; with or without a body, but not one whose declared
+        length is over ``--limit-request-body`` (HTTP/1.1 refuses that before reading it) nor
+        one that waits for 100 Continue (docs/architecture.md, "HTTP/2"). The switch happens
+        here, in the parser's callback: the 101 and our preface go out, stream 1 starts, and
+        the parser goes on reading the body for it (``H2Protocol.start_upgrade``). An invalid
+        ``HTTP2-Settings`` is a 400."""
         if head.upgrade is None or head.upgrade.lower() != b"h2c":
             return False
         if self._scheme != "http" or self.cycle is not None or self._pipeline:
             return False
         settings = [v for n, v in head.headers if n == b"http2-settings"]
-        if len(settings) != 1 or any(
-            n == b"transfer-encoding" or (n == b"content-length" and v.strip() != b"0")
-            for n, v in head.headers
-        ):
+        if len(settings) != 1:
             return False
-        self.parser.stop()  # what follows (the client's preface) is held until the switch
-        self.deadline = 0.0
-        self._loop.call_soon(self._upgrade_h2c, head, settings[0])
-        return True
-
-    def _upgrade_h2c(self, head: RequestHead, settings: bytes) -> None:
-        if self.transport.is_closing():
-            return
+        if any(
+            n == b"transfer-encoding" or (n == b"content-length" and v != b"0")
+            for n, v in head.headers
+        ):  # a body (the rule H2Codec.initiate_upgrade applies)
+            limit = self._state.limit_request_body
+            if head.expect_continue or (
+                limit is not None and declared_length(head.headers) > limit
+            ):
+                return False  # served over HTTP/1.1: the server may ignore Upgrade
         conn = self._h2_connection()
         switching = w.switching_protocols([(b"upgrade", b"h2c")], self._state.clock.defaults)
+        if not conn.start_upgrade(switching, settings[0], head, self.parser):
+            raise H1Error(400, "invalid HTTP2-Settings")
+        self._h2c = conn
         self._detach()
-        if not conn.start_upgrade(switching, settings, head, self.parser.take_held()):
-            self._state.clock.connections.add(self)
-            self._send_error(H1Error(400, "invalid HTTP2-Settings"))
+        return True
 
     def _detach(self) -> None:
         """This object is done: the transport is an H2Protocol's from here."""

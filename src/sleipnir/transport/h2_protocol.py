@@ -2,7 +2,8 @@
 the socket.
 
 An HTTP/1.1 connection hands its transport over (``H1Protocol``): after TLS ALPN chose "h2",
-or when the first bytes are the cleartext client preface (prior knowledge). Each stream runs
+when the first bytes are the cleartext client preface (prior knowledge), or on an ``Upgrade:
+h2c`` request (``start_upgrade``), which becomes stream 1. Each stream runs
 the same ``HTTPCycle`` as an HTTP/1.1 request, through an ``H2Stream``; an extended CONNECT
 (RFC 8441) runs a WebSocket session instead (``transport/h2_ws.py``), whose DATA is routed to
 it by ``on_body``/``on_complete``.
@@ -28,6 +29,16 @@ Invariants:
   with CANCEL (``_reset_stalled``); when all the open streams are, the connection closes.
 - After our GOAWAY (shutdown, idle) or the client's, the connection closes when the last open
   stream is done.
+- Reading the socket is paused while its write buffer is above the high-water mark
+  (``pause_writing``): a client that sends without reading gets no more answers queued (PING
+  and SETTINGS ACKs, responses) and its own sends block. ``_read_blocks`` holds every reason
+  reading is paused; it resumes when none is left.
+- After an h2c Upgrade the HTTP/1.1 parser stays (``upgrade_parser``) until the request is
+  complete: it reads the body for stream 1 (not flow-controlled by HTTP/2: reading pauses
+  while stream 1's app has more than BODY_HIGH_WATER_BYTES unread, as over HTTP/1.1) and
+  holds what follows, which the codec gets only once the body is complete. A body with
+  invalid framing ends the connection (GOAWAY PROTOCOL_ERROR): it is no longer HTTP/1.1, and
+  HTTP/2 has not started.
 """
 
 from __future__ import annotations
@@ -38,11 +49,11 @@ import logging
 from typing import TYPE_CHECKING, cast
 from urllib.parse import quote
 
-from sleipnir.asgi.http_cycle import ASGIError, HTTPCycle, http_scope
+from sleipnir.asgi.http_cycle import BODY_HIGH_WATER_BYTES, ASGIError, HTTPCycle, http_scope
 from sleipnir.transport.flow import WriteFlow
 from sleipnir.transport.h1_protocol import _create_task
 from sleipnir.wire import h2
-from sleipnir.wire.h1 import Headers, RequestHead, declared_length
+from sleipnir.wire.h1 import H1Error, H1Parser, Headers, RequestHead, declared_length
 from sleipnir.wire.h1_writer import ResponseHeaderError, error_body
 from sleipnir.wire.h2_fields import response_block
 
@@ -54,6 +65,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("sleipnir.error")
 
 _NO_BODY_STATUS = frozenset((204, 304))
+# Why reading the socket is paused (H2Protocol._read_blocks); it resumes when none is left.
+_WRITE_FULL = 1  # the transport's write buffer is above its high-water mark
+_UPGRADE_UNREAD = 2  # stream 1's app has more than BODY_HIGH_WATER_BYTES of the h2c body unread
 OUT_BATCH_BYTES = 65536  # asyncio's default write-buffer high-water mark
 # A pushed path is the ASGI (decoded) path: what RFC 3986 allows in a path stays as it is.
 _PATH_SAFE = "/!$&'()*+,;=:@"
@@ -240,10 +254,12 @@ class H2Stream:
 
     def body_consumed(self, cycle: HTTPCycle) -> None:
         size = self.unacked
+        conn = self._conn
         if size and not self.gone:
             self.unacked = 0
-            conn = self._conn
             conn.write(conn.codec.acknowledge(self.sid, size))
+        if conn.upgrade_parser is not None:  # stream 1's body is still read as HTTP/1.1
+            conn.upgrade_flow()
 
     def cycle_done(self, cycle: HTTPCycle) -> None:
         task = cycle.task
@@ -273,6 +289,25 @@ class H2Stream:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+
+
+class _UpgradeBody:
+    """The ``H1Handler`` of the HTTP/1.1 parser once an h2c Upgrade request with a body was
+    switched: the body goes to stream 1 (``H2Codec.upgrade_body``)."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: H2Protocol) -> None:
+        self._conn = conn
+
+    def on_request(self, head: RequestHead) -> None:  # pragma: no cover - the parser stopped
+        raise H1Error(400, "a request after an h2c Upgrade request")
+
+    def on_body(self, data: bytes) -> None:
+        self._conn.upgrade_body(data)
+
+    def on_complete(self) -> None:
+        self._conn.upgrade_complete()
 
 
 class H2Protocol(WriteFlow):
@@ -312,6 +347,10 @@ class H2Protocol(WriteFlow):
         self._out_bytes = 0
         self._closed = False
         self._client_goaway = False
+        self._read_blocks = 0  # _WRITE_FULL | _UPGRADE_UNREAD: reading is paused while nonzero
+        # h2c Upgrade: the HTTP/1.1 parser, until the bytes after the request are taken from
+        # it (while ``codec.upgrade_pending``, it reads the request's body for stream 1).
+        self.upgrade_parser: H1Parser | None = None
 
     def start(self, data: bytes) -> None:
         """Take the transport over: our preface, then what the client sent so far."""
@@ -320,13 +359,17 @@ class H2Protocol(WriteFlow):
         self._attach(data)
 
     def start_upgrade(
-        self, switching: bytes, settings: bytes, head: RequestHead, data: bytes
+        self, switching: bytes, settings: bytes, head: RequestHead, parser: H1Parser
     ) -> bool:
-        """h2c Upgrade of a request without a body: ``switching`` (the 101), our preface, and
-        the request as stream 1; then ``data``, what followed it. False (nothing written, the
-        transport untouched) when ``HTTP2-Settings`` is invalid."""
+        """h2c Upgrade (RFC 7540 §3.2), called from the HTTP/1.1 ``parser``'s ``on_request``:
+        ``switching`` (the 101), our preface, and the request as stream 1. The parser is
+        stopped: it goes on reading the request's body, if any, for stream 1 (half-closed
+        remote once the body is complete), and holds what follows, the client's preface,
+        which is fed to the codec once the parser has returned. False (nothing written, the
+        transport and the parser untouched) when ``HTTP2-Settings`` is invalid."""
+        codec = self.codec
         try:
-            preface = self.codec.initiate_upgrade(settings, head)  # starts stream 1
+            preface = codec.initiate_upgrade(settings, head)  # starts stream 1
         except ValueError:
             return False
         queued = self._out or []  # a refusal of stream 1 (503) goes after the 101
@@ -334,7 +377,10 @@ class H2Protocol(WriteFlow):
         self.write(switching + preface)
         for chunk in queued:
             self.write(chunk)
-        self._attach(data)
+        self.upgrade_parser = parser
+        parser.stop(_UpgradeBody(self) if codec.upgrade_pending else None)
+        self._attach(b"")
+        self.loop.call_soon(self._upgrade_read)
         return True
 
     def _attach(self, data: bytes) -> None:
@@ -354,6 +400,10 @@ class H2Protocol(WriteFlow):
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
+        if self.upgrade_parser is not None:  # after an h2c Upgrade: the HTTP/1.1 part first
+            data = self._upgrade_data(data)
+            if not data:
+                return
         try:
             out = self.codec.feed(data)
         except h2.H2ConnectionError as exc:
@@ -374,6 +424,7 @@ class H2Protocol(WriteFlow):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._out = None
+        self.upgrade_parser = None
         self.state.clock.connections.discard(self)
         for stream in list(self.streams.values()):
             stream.lost()
@@ -382,6 +433,102 @@ class H2Protocol(WriteFlow):
 
     def _gone(self) -> bool:
         return self._closed
+
+    def pause_writing(self) -> None:
+        """The socket's write buffer is full: stop reading too, as HTTP/1.1 does, so that a
+        client that sends (requests, PINGs, SETTINGS) without reading what they produce
+        cannot grow the buffer; the frames the codec would answer stay in the socket."""
+        super().pause_writing()
+        self._block_reading(_WRITE_FULL)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._unblock_reading(_WRITE_FULL)
+
+    def _block_reading(self, reason: int) -> None:
+        if not self._read_blocks and not self._closed:
+            self.transport.pause_reading()
+        self._read_blocks |= reason
+
+    def _unblock_reading(self, reason: int) -> None:
+        if not self._read_blocks & reason:
+            return
+        self._read_blocks &= ~reason
+        # Not on a closing transport (as H1Protocol._resume_reading): a TLS transport may
+        # still be exchanging close_notify, which is not this protocol's to read.
+        if not self._read_blocks and not self._closed and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    # h2c Upgrade: the request's body, read as HTTP/1.1 ----------------------------------------
+
+    def _upgrade_data(self, data: bytes) -> bytes:
+        """Bytes read while the h2c Upgrade request's body is parsed as HTTP/1.1 (or before
+        the bytes after it were taken): what follows the request once it is complete (the
+        client preface, HTTP/2 frames), else b""."""
+        parser = self.upgrade_parser
+        assert parser is not None
+        try:
+            parser.feed(data)
+        except H1Error as exc:
+            self.upgrade_failed(exc)
+            return b""
+        if self.codec.upgrade_pending:
+            return b""
+        self.upgrade_parser = None
+        return parser.take_held()
+
+    def _upgrade_read(self) -> None:
+        """After the parser that started the upgrade returned: if the request is complete,
+        feed the codec what arrived after it (with no new read, nothing else would)."""
+        parser = self.upgrade_parser
+        if parser is None or self._closed or self.codec.upgrade_pending:
+            return
+        self.upgrade_parser = None
+        data = parser.take_held()
+        if data:
+            self.data_received(data)
+
+    def upgrade_body(self, data: bytes) -> None:
+        self.codec.upgrade_body(data)  # on_body(1, data): --limit-request-body counts it
+        self.upgrade_flow()
+
+    def upgrade_complete(self) -> None:
+        if self.codec.upgrade_pending:
+            self.codec.upgrade_complete()
+        self._unblock_reading(_UPGRADE_UNREAD)  # HTTP/2 frames next: the windows bound them
+
+    def upgrade_flow(self) -> None:
+        """Pause reading while stream 1's app has more than BODY_HIGH_WATER_BYTES of the
+        upgrade body unread, as HTTP/1.1 does for any body (HTTP/2's windows cannot: those
+        bytes are not flow-controlled). Once the app is done with the request (answered,
+        413, reset, returned), the rest of the body is read and dropped."""
+        stream = self.streams.get(1)
+        cycle = stream.cycle if stream is not None else None
+        if (
+            cycle is not None
+            and stream is not None
+            and not (stream.answered or stream.gone or stream.cycle_ended)
+            and self.codec.upgrade_pending
+            and cycle.buffered > BODY_HIGH_WATER_BYTES
+        ):
+            self._block_reading(_UPGRADE_UNREAD)
+        else:
+            self._unblock_reading(_UPGRADE_UNREAD)
+
+    def upgrade_failed(self, exc: H1Error) -> None:
+        """The h2c Upgrade request's body is not valid HTTP/1.1 framing. The connection is no
+        longer HTTP/1.1 (the 101 went out) and HTTP/2 has not started (the client's preface
+        comes after the body): GOAWAY PROTOCOL_ERROR, close; stream 1's app gets
+        ``http.disconnect``."""
+        self.upgrade_parser = None
+        self.state.bad_request_log.log(
+            "h2c-upgrade-body",
+            "%s - invalid body in an h2c Upgrade request: %s",
+            self._client_label,
+            exc.reason,
+        )
+        self.write(self.codec.goaway(h2.PROTOCOL_ERROR))
+        self._close()
 
     # H2Handler -------------------------------------------------------------------------------
 
@@ -475,8 +622,19 @@ class H2Protocol(WriteFlow):
         if not self.streams:
             self._close()
 
-    def on_refused(self, stream_id: int, reason: str) -> None:
-        self.state.log_bad_request(self._client_label, 400, f"HTTP/2 stream refused: {reason}")
+    def on_refused(self, stream_id: int, status: int, error_code: int, reason: str) -> None:
+        state = self.state
+        if status:  # answered with a bare 431 or 501
+            state.log_bad_request(self._client_label, status, f"HTTP/2 stream refused: {reason}")
+            return
+        name = h2.error_name(error_code)  # PROTOCOL_ERROR, REFUSED_STREAM: a fixed set
+        state.bad_request_log.log(
+            f"h2-refused-{name}",
+            "%s - HTTP/2 stream refused with RST_STREAM %s: %s",
+            self._client_label,
+            name,
+            reason,
+        )
 
     # Streams ---------------------------------------------------------------------------------
 
@@ -510,6 +668,8 @@ class H2Protocol(WriteFlow):
         state = self.state
         if not self._closed:
             self.write(self.codec.close_stream(stream.sid))
+        if self.upgrade_parser is not None:
+            self.upgrade_flow()  # stream 1's app is done: the rest of its body is dropped
         state.total_requests += 1
         if state.total_requests == state.request_limit:
             state.on_request_limit()

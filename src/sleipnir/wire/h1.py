@@ -111,9 +111,12 @@ class H1Parser(Protocol):
     def head_in_progress(self) -> bool:
         """True when bytes of a request head have arrived but the head is not complete."""
 
-    def stop(self) -> None:
+    def stop(self, handler: H1Handler | None = None) -> None:
         """Parse nothing after the current request: the connection switches protocols
-        (called from ``on_request``). Later bytes are kept for ``take_held``."""
+        (called from ``on_request``). The request's own body, if it declared one, is still
+        parsed and passed on (``on_body``, then ``on_complete``), to ``handler`` when one is
+        given (an h2c Upgrade: the body belongs to HTTP/2 stream 1). Bytes after the request
+        are kept for ``take_held``; they are all there once ``on_complete`` was called."""
 
     def take_held(self) -> bytes:
         """The bytes received after the request that stopped the parser."""

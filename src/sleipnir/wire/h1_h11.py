@@ -59,7 +59,9 @@ class ChunkedFramingCheck:
     def done(self) -> bool:
         return self._state == self._DONE
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> int:
+        """Check ``data``; returns how many of its bytes belong to the body (all of them
+        until its end, the last CRLF of the trailer section)."""
         pos = 0
         while pos < len(data) and self._state != self._DONE:
             if self._state == self._DATA or self._state == self._DATA_CRLF:
@@ -75,10 +77,11 @@ class ChunkedFramingCheck:
             if len(self._line) > CHUNK_LINE_MAX_BYTES:
                 raise H1Error(400, "chunk-size line or trailer too long")
             if end < 0:
-                return
+                return len(data)
             pos = end + 1
             self._end_line(self._line)
             self._line = b""
+        return pos
 
     def _end_line(self, line: bytes) -> None:
         if self._state == self._TRAILER:
@@ -201,8 +204,12 @@ class H11Parser:
         conn = self._conn
         return conn.their_state is h11.IDLE and bool(conn.trailing_data[0].strip(b"\r\n"))
 
-    def stop(self) -> None:
+    def stop(self, handler: H1Handler | None = None) -> None:
+        # Called from on_request: h11 goes on parsing the request's body (feed), and only
+        # what follows its EndOfMessage is held.
         self._stopped = True
+        if handler is not None:
+            self._handler = handler
 
     def take_held(self) -> bytes:
         held, self._held = self._held, b""

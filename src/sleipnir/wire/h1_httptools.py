@@ -4,18 +4,25 @@ Invariants:
 - Every head goes through ``h1.build_head`` before the handler sees it.
 - The bytes of an unfinished head are counted, so a head that never ends (slowloris, a huge
   header) is refused once it passes the configured size, before llhttp buffers more of it.
-- After an Upgrade or CONNECT head llhttp stops, before any body. If the connection switches
-  (``stop()``, a WebSocket handshake), the bytes that followed are held for the new protocol.
-  Otherwise the request is served as HTTP/1.1 (RFC 9110 §7.8 lets a server ignore Upgrade):
-  its body, if it declared one, is read by a fresh parser primed with the same framing
-  (``_replay``), and only then is the request complete.
+- After an Upgrade or CONNECT head llhttp stops, before any body. A body the request declared
+  is read by a fresh parser primed with the same framing (``_replay``), and only then is the
+  request complete. If the connection switches (``stop()``: a WebSocket handshake, which has
+  no body, or an h2c Upgrade, which may have one), that parser is fed only the body's bytes
+  (``_BodyEnd`` finds its end) and what follows is held for the new protocol. Otherwise the
+  request is served as HTTP/1.1 (RFC 9110 §7.8 lets a server ignore Upgrade) and parsing goes
+  on after the body.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import httptools
 
 from sleipnir.wire.h1 import H1Error, H1Handler, H1Limits, Headers, build_head
+
+if TYPE_CHECKING:
+    from sleipnir.wire.h1_h11 import ChunkedFramingCheck
 
 # The usual methods' names, so that a request does not decode its own (a dict hit is cheaper).
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
@@ -25,6 +32,7 @@ class HttptoolsParser:
     """``H1Parser`` over ``httptools.HttpRequestParser``."""
 
     __slots__ = (
+        "_body_end",
         "_closed",
         "_feed_bytes",
         "_handler",
@@ -60,12 +68,15 @@ class HttptoolsParser:
         self._held = b""
         self._replay: bytes | None = None  # the framing line of a body llhttp left unread
         self._replaying = False
+        self._body_end: _BodyEnd | None = None  # stopped: where the request's body ends
 
     def head_in_progress(self) -> bool:
         return self._in_head
 
-    def stop(self) -> None:
+    def stop(self, handler: H1Handler | None = None) -> None:
         self._stopped = True
+        if handler is not None:
+            self._handler = handler
 
     def take_held(self) -> bytes:
         held, self._held = self._held, b""
@@ -73,7 +84,10 @@ class HttptoolsParser:
 
     def feed(self, data: bytes) -> None:
         if self._stopped:
-            self._held += data
+            if self._body_end is None:
+                self._held += data
+            else:
+                self._feed_body(data)
             return
         if self._closed:
             return  # RFC 9112 §9.6: nothing after a request that ends the connection
@@ -111,15 +125,15 @@ class HttptoolsParser:
         return parser
 
     def _upgraded(self, rest: bytes) -> None:
-        """llhttp stopped after an Upgrade or CONNECT head: hold the rest for the new protocol
-        if the handler switched (``stop()``), else go on parsing it as HTTP/1.1, starting
-        with the request's own body when it declared one."""
-        if self._stopped:
-            self._held = rest
-            return
+        """llhttp stopped after an Upgrade or CONNECT head: parse the request's own body when
+        it declared one; then hold the rest for the new protocol if the handler switched
+        (``stop()``), else go on parsing it as HTTP/1.1."""
         framing = self._replay
         if framing is None:
-            self._restart(rest)
+            if self._stopped:
+                self._held = rest
+            else:
+                self._restart(rest)
             return
         # A fresh parser is primed with a head of the same framing, whose callbacks are
         # swallowed (_replaying): the body in ``rest`` then reaches the handler as this
@@ -127,9 +141,38 @@ class HttptoolsParser:
         self._replay = None
         self._replaying = True
         self._parser = self._new_parser()
+        if self._stopped:
+            # Only the body may reach llhttp: what follows it is the next protocol's. The
+            # request is the parser's last (_closed once it is complete): llhttp starting
+            # another one means it saw the body end before _BodyEnd did.
+            self._keep_alive = False
+            end = _BodyEnd(framing)
+            if not end.done:  # else ("content-length: 00") the priming completes it
+                self._body_end = end
+            else:
+                self._held = rest
+                rest = b""
         self._parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n")
         if rest:
             self.feed(rest)
+
+    def _feed_body(self, data: bytes) -> None:
+        """The connection switched: parse the request's body, hold what follows it."""
+        end = self._body_end
+        assert end is not None
+        if self._closed:
+            raise H1Error(400, "invalid chunked body")  # llhttp ended it, _BodyEnd did not
+        size = end.feed(data)  # raises H1Error for invalid chunked framing
+        if end.done:
+            self._body_end = None
+            self._held = data[size:]
+            data = data[:size]
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._parser_error(exc)
+        if end.done and not self._closed:
+            raise H1Error(400, "invalid chunked body")  # the two disagree: refuse it
 
     def _restart(self, rest: bytes) -> None:
         self._parser = self._new_parser()
@@ -183,7 +226,7 @@ class HttptoolsParser:
         self._in_trailers = True
         self._keep_alive = head.keep_alive
         self._handler.on_request(head)
-        if parser.should_upgrade() and not self._stopped:
+        if parser.should_upgrade():
             self._replay = _framing_line(head.headers)
 
     def on_body(self, body: bytes) -> None:
@@ -194,6 +237,38 @@ class HttptoolsParser:
             return  # llhttp skipped the body: the request completes after it (_upgraded)
         self._closed = not self._keep_alive
         self._handler.on_complete()
+
+
+class _BodyEnd:
+    """Where the body of the request that stopped the parser ends, counted ahead of llhttp
+    (which says when a message is complete, not where): Content-Length bytes, or the chunked
+    framing walked by the same check the h11 parser uses."""
+
+    __slots__ = ("_chunks", "_left")
+
+    def __init__(self, framing: bytes) -> None:
+        self._chunks: ChunkedFramingCheck | None = None
+        self._left = -1
+        if framing.startswith(b"transfer-encoding"):
+            from sleipnir.wire.h1_h11 import ChunkedFramingCheck
+
+            self._chunks = ChunkedFramingCheck()
+        else:
+            self._left = int(framing.partition(b":")[2])
+
+    @property
+    def done(self) -> bool:
+        chunks = self._chunks
+        return self._left == 0 if chunks is None else chunks.done
+
+    def feed(self, data: bytes) -> int:
+        """How many bytes of ``data`` belong to the body (all of them until it ends)."""
+        chunks = self._chunks
+        if chunks is not None:
+            return chunks.feed(data)
+        size = min(self._left, len(data))
+        self._left -= size
+        return size
 
 
 def _framing_line(headers: Headers) -> bytes | None:

@@ -160,9 +160,11 @@ class H2Handler(Protocol):
     def on_goaway(self, error_code: int, last_stream_id: int) -> None:
         """The client sent GOAWAY: it opens no more streams; finish the open ones, close."""
 
-    def on_refused(self, stream_id: int, reason: str) -> None:
-        """A request the codec refused itself (malformed, too large, over the stream limit),
-        with RST_STREAM or a 4xx/5xx; the handler never saw it. For logging."""
+    def on_refused(self, stream_id: int, status: int, error_code: int, reason: str) -> None:
+        """A request the codec refused itself (malformed, too large, over the stream limit);
+        the handler never saw it. For logging: ``status`` is the 4xx/5xx it was answered with
+        (431, 501), or 0 when it was reset with RST_STREAM ``error_code`` (PROTOCOL_ERROR,
+        REFUSED_STREAM)."""
 
 
 def _settings_frame(values: dict[int, int]) -> bytes:
@@ -271,8 +273,8 @@ class H2Codec:
     def initiate_upgrade(self, settings_header: bytes, head: RequestHead) -> bytes:
         """Switch an HTTP/1.1 request with ``Upgrade: h2c`` to HTTP/2 (RFC 7540 §3.2).
 
-        Raises ``ValueError`` for an invalid ``HTTP2-Settings`` value: then do not upgrade,
-        serve the request over HTTP/1.1. Else write ``101 Switching Protocols`` and then the
+        Raises ``ValueError`` for an invalid ``HTTP2-Settings`` value: then do not upgrade
+        (the HTTP/1.1 connection answers 400). Else write ``101 Switching Protocols`` and then the
         returned bytes. The request becomes stream 1 (``on_request(1, ...)`` is called here;
         it is half-closed: the response goes out on stream 1). Without a body, ``on_complete``
         follows at once; with one (``upgrade_pending``), keep parsing it as HTTP/1.1 and pass
@@ -628,7 +630,7 @@ class H2Codec:
                 conn.reset_stream(sid, NO_ERROR)
         else:
             conn.reset_stream(sid, code)
-        self._handler.on_refused(sid, reason)
+        self._handler.on_refused(sid, status, 0 if status else code, reason)
         self._note_reset()
 
     def _stream_error(self, sid: int, code: int) -> None:
@@ -820,6 +822,14 @@ _STREAM_ERRORS = {
 _BROKEN, _UNENDED = -1, -2
 _RESETS, _SETTINGS_N, _PINGS, _EMPTY = 0, 1, 2, 3
 _PUSHABLE = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
+
+
+def error_name(code: int) -> str:
+    """An HTTP/2 error code's name (RFC 9113 §7), for log lines."""
+    try:
+        return ErrorCodes(code).name
+    except ValueError:
+        return f"0x{code:x}"
 
 
 def _goaway(last_stream_id: int, code: int) -> bytes:
