@@ -18,9 +18,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
+import trustme
 
 from sleipnir import Config, Server
 
@@ -100,6 +101,26 @@ def run_server(app: Any, **settings: Any) -> Iterator[RunningServer]:
         yield running
     finally:
         running.stop()
+
+
+class LocalhostCert(NamedTuple):
+    """A test CA and the PEM files of a server certificate it issued for localhost and
+    127.0.0.1 (``--ssl-certfile``/``--ssl-keyfile``)."""
+
+    ca: trustme.CA
+    cert: Path
+    key: Path
+
+
+@pytest.fixture(scope="session")
+def localhost_cert(tmp_path_factory: pytest.TempPathFactory) -> LocalhostCert:
+    directory = tmp_path_factory.mktemp("localhost-cert")
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost", "127.0.0.1")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    return LocalhostCert(ca, cert, key)
 
 
 @pytest.fixture(params=PARSERS)

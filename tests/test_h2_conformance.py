@@ -26,7 +26,6 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,7 +40,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from conftest import RunningServer, run_server, wait_for
+from conftest import LocalhostCert, RunningServer, run_server, wait_for
 from h2raw import (
     ACK,
     CANCEL,
@@ -241,10 +240,12 @@ class TestPreface:
             ack = client.expect(SettingsFrame)
         assert ack.settings == {}
 
-    def test_invalid_preface_over_tls(self, tls_server: RunningServer) -> None:
+    def test_invalid_preface_over_tls(
+        self, tls_server: RunningServer, localhost_cert: LocalhostCert
+    ) -> None:
         """§3.4: an invalid connection preface MUST be treated as a connection error of type
         PROTOCOL_ERROR (here after TLS ALPN chose h2, so the server knows it is HTTP/2)."""
-        client = tls_connect(tls_server)
+        client = tls_connect(tls_server, localhost_cert.ca)
         client.send(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n" + settings())
         client.expect_goaway(PROTOCOL_ERROR)
 
@@ -1265,9 +1266,9 @@ class TestAbuse:
 # Zero-window stall ------------------------------------------------------------------------
 
 
-def tls_connect(srv: RunningServer) -> H2Client:
+def tls_connect(srv: RunningServer, ca: trustme.CA) -> H2Client:
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    _CA.configure_trust(context)
+    ca.configure_trust(context)
     context.set_alpn_protocols(["h2"])
     raw = srv.connect()
     sock = context.wrap_socket(raw, server_hostname="localhost")
@@ -1276,16 +1277,9 @@ def tls_connect(srv: RunningServer) -> H2Client:
     return H2Client(sock)
 
 
-_CA = trustme.CA()
-
-
 @pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    directory: Path = tmp_path_factory.mktemp("h2-conformance-tls")
-    leaf = _CA.issue_cert("localhost", "127.0.0.1")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    leaf.cert_chain_pems[0].write_to_path(str(cert))
-    leaf.private_key_pem.write_to_path(str(key))
+def tls_server(localhost_cert: LocalhostCert) -> Iterator[RunningServer]:
+    _, cert, key = localhost_cert
     settings_: dict[str, Any] = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
     with run_server(app, **settings_) as srv:
         yield srv

@@ -21,7 +21,6 @@ from typing import Any
 
 import httpx
 import pytest
-import trustme
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
@@ -37,7 +36,7 @@ from h2.settings import SettingCodes
 from hpack import Decoder
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
 
-from conftest import RunningServer, run_server
+from conftest import LocalhostCert, RunningServer, run_server
 from sleipnir.transport.h2_protocol import H2Protocol
 from sleipnir.types import Receive, Scope, Send
 
@@ -387,19 +386,8 @@ def test_curl_prior_knowledge(server: RunningServer) -> None:
 # TLS with ALPN ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Path, Path]:
-    directory = tmp_path_factory.mktemp("h2-tls")
-    ca = trustme.CA()
-    leaf = ca.issue_cert("localhost", "127.0.0.1")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    leaf.cert_chain_pems[0].write_to_path(str(cert))
-    leaf.private_key_pem.write_to_path(str(key))
-    return ca, cert, key
-
-
-def test_tls_alpn(certs: tuple[trustme.CA, Path, Path], loop: str) -> None:
-    ca, cert, key = certs
+def test_tls_alpn(localhost_cert: LocalhostCert, loop: str) -> None:
+    ca, cert, key = localhost_cert
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ca.configure_trust(context)
     settings: dict[str, Any] = {"ssl_certfile": str(cert), "ssl_keyfile": str(key), "loop": loop}
@@ -417,8 +405,8 @@ def test_tls_alpn(certs: tuple[trustme.CA, Path, Path], loop: str) -> None:
     assert plain.json()["http_version"] == "1.1"
 
 
-def test_tls_without_http2_offers_http11_only(certs: tuple[trustme.CA, Path, Path]) -> None:
-    ca, cert, key = certs
+def test_tls_without_http2_offers_http11_only(localhost_cert: LocalhostCert) -> None:
+    ca, cert, key = localhost_cert
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ca.configure_trust(context)
     context.set_alpn_protocols(["h2", "http/1.1"])
@@ -926,11 +914,11 @@ def test_reading_pauses_while_the_write_buffer_is_full(loop: str) -> None:
 
 
 def test_reading_pauses_while_the_write_buffer_is_full_tls(
-    certs: tuple[trustme.CA, Path, Path], loop: str
+    localhost_cert: LocalhostCert, loop: str
 ) -> None:
     """The same over TLS, where the transport pausing is the TLS layer's (asyncio's and
     uvloop's SSL protocols buffer on both sides of the encryption)."""
-    ca, cert, key = certs
+    ca, cert, key = localhost_cert
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ca.configure_trust(context)
     context.set_alpn_protocols(["h2"])

@@ -17,11 +17,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
@@ -44,7 +42,7 @@ from wsproto.events import (
 )
 from wsproto.extensions import PerMessageDeflate
 
-from conftest import RunningServer, run_server, wait_for
+from conftest import LocalhostCert, RunningServer, run_server, wait_for
 from sleipnir.transport.h2_protocol import H2Protocol
 from sleipnir.transport.h2_ws import H2StreamTransport
 from sleipnir.transport.ws_protocol import WSConnection
@@ -929,19 +927,8 @@ def test_full_socket_buffer_blocks_the_apps_send(serve: Callable[..., Any], loop
 # TLS: wss ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Path, Path]:
-    directory = tmp_path_factory.mktemp("h2-ws-tls")
-    ca = trustme.CA()
-    leaf = ca.issue_cert("localhost", "127.0.0.1")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    leaf.cert_chain_pems[0].write_to_path(str(cert))
-    leaf.private_key_pem.write_to_path(str(key))
-    return ca, cert, key
-
-
-def test_wss_over_tls_alpn(serve: Callable[..., Any], certs: tuple[trustme.CA, Path, Path]) -> None:
-    ca, cert, key = certs
+def test_wss_over_tls_alpn(serve: Callable[..., Any], localhost_cert: LocalhostCert) -> None:
+    ca, cert, key = localhost_cert
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ca.configure_trust(context)
     context.set_alpn_protocols(["h2"])
