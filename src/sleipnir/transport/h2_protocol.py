@@ -5,8 +5,9 @@ An HTTP/1.1 connection hands its transport over (``H1Protocol``): after TLS ALPN
 when the first bytes are the cleartext client preface (prior knowledge), or on an ``Upgrade:
 h2c`` request (``start_upgrade``), which becomes stream 1. Each stream runs
 the same ``HTTPCycle`` as an HTTP/1.1 request, through an ``H2Stream``; an extended CONNECT
-(RFC 8441) runs a WebSocket session instead (``transport/h2_ws.py``), whose DATA is routed to
-it by ``on_body``/``on_complete``.
+(RFC 8441) runs a WebSocket session instead (``transport/h2_ws.py``): its stream class takes
+the stream's DATA and END_STREAM as the WebSocket's bytes (``body_received``,
+``request_complete``).
 
 Invariants:
 - Every codec call's bytes are written in call order, gathered in ``_out`` and written once
@@ -272,6 +273,31 @@ class H2Stream:
 
     # From the connection ---------------------------------------------------------------------
 
+    def body_received(self, data: bytes) -> None:
+        """DATA on this stream: request body bytes, counted against --limit-request-body."""
+        cycle = self.cycle
+        if cycle is None or self.answered:
+            return  # given back to the windows by close_stream
+        self.unacked += len(data)
+        conn = self._conn
+        limit = conn.state.limit_request_body
+        if limit is not None:
+            self.body_bytes += len(data)
+            if self.body_bytes > limit:
+                if cycle.response_started:
+                    self.abort(cycle)
+                else:
+                    conn._answer(self, 413, "request body larger than the limit")
+                cycle.connection_lost()  # the app sees http.disconnect
+                return
+        cycle.body_received(data)
+
+    def request_complete(self) -> None:
+        """The client's END_STREAM."""
+        cycle = self.cycle
+        if cycle is not None:
+            cycle.message_complete()
+
     def lost(self) -> None:
         """The client reset the stream, or the connection is gone."""
         self.gone = True
@@ -339,7 +365,6 @@ class H2Protocol(WriteFlow):
         self._context = context
         self._plain_tasks = plain_tasks
         self.streams: dict[int, H2Stream] = {}
-        self.websockets: dict[int, H2WebSocket] = {}  # RFC 8441 streams: DATA is their frames
         self.deadline = 0.0
         self.write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -571,37 +596,14 @@ class H2Protocol(WriteFlow):
         state.tasks.add(task)
 
     def on_body(self, stream_id: int, data: bytes) -> None:
-        if self.websockets:
-            websocket = self.websockets.get(stream_id)
-            if websocket is not None:
-                websocket.data_received(data)  # WebSocket frames, not a request body
-                return
         stream = self.streams.get(stream_id)
-        if stream is None or stream.cycle is None or stream.answered:
-            return  # given back to the windows by close_stream
-        stream.unacked += len(data)
-        limit = self.state.limit_request_body
-        if limit is not None:
-            stream.body_bytes += len(data)
-            if stream.body_bytes > limit:
-                cycle = stream.cycle
-                if cycle.response_started:
-                    stream.abort(cycle)
-                else:
-                    self._answer(stream, 413, "request body larger than the limit")
-                cycle.connection_lost()  # the app sees http.disconnect
-                return
-        stream.cycle.body_received(data)
+        if stream is not None:
+            stream.body_received(data)
 
     def on_complete(self, stream_id: int) -> None:
-        if self.websockets:
-            websocket = self.websockets.get(stream_id)
-            if websocket is not None:
-                websocket.eof_received()
-                return
         stream = self.streams.get(stream_id)
-        if stream is not None and stream.cycle is not None:
-            stream.cycle.message_complete()
+        if stream is not None:
+            stream.request_complete()
 
     def on_reset(self, stream_id: int, error_code: int) -> None:
         stream = self.streams.get(stream_id)

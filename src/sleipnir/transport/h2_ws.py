@@ -91,7 +91,6 @@ class H2WebSocket(H2Stream):
         self._handshake = handshake
         scope = websocket_scope(cycle.scope, handshake.subprotocols)
         self.websocket = websocket = WSCycle(scope, cycle, self, state.ctx, settings.max_queue)
-        conn.websockets[self.sid] = self
         return self._run(cycle, websocket)
 
     async def _run(self, cycle: HTTPCycle, websocket: WSCycle) -> None:
@@ -142,16 +141,23 @@ class H2WebSocket(H2Stream):
 
     # From the connection (H2Protocol) ---------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
-        """DATA on this stream: WebSocket frames (never a request body)."""
+    def body_received(self, data: bytes) -> None:
+        """DATA on this stream: WebSocket frames (never a request body) once the handshake
+        was taken; before, as any stream's (a refused one was answered)."""
+        if self.websocket is None:
+            super().body_received(data)
+            return
         transport = self._transport
         if transport is not None:
             transport.data_received(data)
         else:
             self._held.append(data)  # bounded by the stream's window: not acknowledged
 
-    def eof_received(self) -> None:
-        """The client's END_STREAM."""
+    def request_complete(self) -> None:
+        """The client's END_STREAM: the WebSocket's end of input."""
+        if self.websocket is None:
+            super().request_complete()
+            return
         transport = self._transport
         if transport is not None:
             transport.eof_received()
@@ -166,7 +172,6 @@ class H2WebSocket(H2Stream):
             transport.window_opened()
 
     def lost(self) -> None:
-        self._conn.websockets.pop(self.sid, None)
         transport = self._transport
         if transport is None:
             super().lost()  # the handshake's exchange: http.disconnect, a denial dropped
@@ -182,7 +187,6 @@ class H2WebSocket(H2Stream):
     def cycle_done(self, cycle: HTTPCycle) -> None:
         transport = self._transport
         if transport is None:  # never accepted: a denial, a 500, or the client left first
-            self._conn.websockets.pop(self.sid, None)
             super().cycle_done(cycle)
             return
         task = cycle.task
@@ -199,7 +203,6 @@ class H2WebSocket(H2Stream):
             self._release()
 
     def _release(self) -> None:
-        self._conn.websockets.pop(self.sid, None)
         self._conn.close_stream(self)
 
 
