@@ -1,10 +1,12 @@
-"""Where the server listens: IPv6, UNIX sockets, inherited file descriptors, the backlog, and
-sockets handed to ``Server.run`` / ``Server.serve`` (the seam a supervisor uses)."""
+"""Where the server listens: IPv6, UNIX sockets, inherited file descriptors, the backlog,
+--bind and --reuse-port, and sockets handed to ``Server.run`` / ``Server.serve`` (the seam a
+supervisor uses). Sockets inherited from systemd: tests/test_systemd.py."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,6 +23,19 @@ import pytest
 
 from conftest import STARTUP_TIMEOUT_S, CLIServer, cli_server, start_cli, start_process, wait_for
 from sleipnir import Config, Server
+from sleipnir.cli import build_config
+from sleipnir.transport import listen
+from sleipnir.transport.listen import (
+    BindError,
+    BindSpec,
+    bind_all,
+    bind_socket,
+    bind_specs,
+    close_sockets,
+    describe,
+    from_systemd,
+    parse_bind,
+)
 
 ECHO = "tests.apps.echo:app"
 
@@ -233,3 +248,307 @@ def test_await_server_serve_with_sockets() -> None:
     finally:
         stop(server, thread)
     sock.close()
+
+
+# --------------------------------------------------------------------------- --bind: parsing
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port"),
+    [
+        ("127.0.0.1:8080", "127.0.0.1", 8080),
+        ("0.0.0.0:0", "0.0.0.0", 0),
+        ("localhost:65535", "localhost", 65535),
+        ("app.example.com:80", "app.example.com", 80),
+        ("tcp://127.0.0.1:81", "127.0.0.1", 81),
+        ("[::1]:8081", "::1", 8081),
+        ("[::]:80", "::", 80),
+        ("[fe80::1%eth0]:80", "fe80::1%eth0", 80),
+        ("  127.0.0.1:82 ", "127.0.0.1", 82),  # as SLEIPNIR_BIND items may come
+        # A bare IP address (or localhost) means port 8000, as in gunicorn.
+        ("0.0.0.0", "0.0.0.0", 8000),
+        ("localhost", "localhost", 8000),
+        ("[::1]", "::1", 8000),
+    ],
+)
+def test_parse_bind_tcp(text: str, host: str, port: int) -> None:
+    assert parse_bind(text, 7) == BindSpec(host, port, None, None, 7)
+
+
+def test_parse_bind_unix_fd_and_reuse_port() -> None:
+    assert parse_bind("unix:/run/app.sock", 5) == BindSpec("", 0, "/run/app.sock", None, 5)
+    assert parse_bind("unix:///run/app.sock", 5).uds == "/run/app.sock"
+    assert parse_bind("unix:relative.sock", 5).uds == "relative.sock"
+    assert parse_bind("fd://3", 5) == BindSpec("", 0, None, 3, 5)
+    assert parse_bind("fd://0", 5).fd == 0
+    assert parse_bind("127.0.0.1:1", 5, reuse_port=True).reuse_port
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("nonsense", "missing the port, as in nonsense:8000"),
+        ("example.com", "missing the port"),
+        ("", "the host is empty"),
+        (":8000", "the host is empty"),
+        ("127.0.0.1:", "the port '' is not a number"),
+        ("127.0.0.1:http", "the port 'http' is not a number"),
+        ("127.0.0.1:-1", "the port '-1' is not a number"),
+        ("127.0.0.1:+80", "the port '+80' is not a number"),
+        ("127.0.0.1:65536", "the port 65536 is not in 0..65535"),
+        ("::1", "put an IPv6 address in brackets"),
+        ("::1:8000", "put an IPv6 address in brackets"),
+        ("[::1", "missing ']'"),
+        ("[::1]8000", "expected ':PORT' after ']'"),
+        ("[127.0.0.1]:80", "'127.0.0.1' is not an IPv6 address"),
+        ("[]:80", "'' is not an IPv6 address"),
+        ("bad host:80", "'bad host' is not a host name or IP address"),
+        ("/run/app.sock", "a unix socket is spelled unix:PATH"),
+        ("unix:", "the unix socket path is empty"),
+        ("unix://", "the unix socket path is empty"),
+        ("unix:/" + "x" * 107, "longer than 107 bytes"),
+        ("fd://", "fd:// takes a file descriptor number"),
+        ("fd://-1", "fd:// takes a file descriptor number"),
+        ("fd://three", "fd:// takes a file descriptor number"),
+    ],
+)
+def test_parse_bind_rejects(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"bind address {text!r}: ")) as exc_info:
+        parse_bind(text, 1)
+    assert reason in str(exc_info.value)
+    assert "\n" not in str(exc_info.value)
+
+
+def test_config_checks_bind_addresses() -> None:
+    with pytest.raises(ValueError, match="bind address 'nonsense': missing the port"):
+        Config(ECHO, bind=["nonsense"])
+    with pytest.raises(ValueError, match=r"bind address '127\.0\.0\.1:99999'"):
+        Config(ECHO, bind=["127.0.0.1:1", "127.0.0.1:99999"])
+    with pytest.raises(TypeError, match="bind items must be str, not int"):
+        Config(ECHO, bind=[8000])
+    assert Config(ECHO, bind="127.0.0.1:1").bind == ["127.0.0.1:1"]
+    assert Config(ECHO, bind=("unix:/a", "fd://3")).bind == ["unix:/a", "fd://3"]
+    assert Config(ECHO, bind=None).bind == []
+    assert Config(ECHO).bind == []
+
+
+def test_bind_from_the_command_line_and_environment(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [ECHO, "--bind", "127.0.0.1:1", "--bind", "unix:/tmp/a.sock", "--reuse-port"]
+    config = build_config(argv, environ={})
+    assert (config.bind, config.reuse_port) == (["127.0.0.1:1", "unix:/tmp/a.sock"], True)
+    config = build_config([ECHO], environ={"SLEIPNIR_BIND": "[::1]:2, fd://3"})
+    assert config.bind == ["[::1]:2", "fd://3"]
+    with pytest.raises(SystemExit) as exc_info:
+        build_config([ECHO, "--bind", "nonsense"], environ={})
+    assert exc_info.value.code == 2
+    assert "argument --bind: bind address 'nonsense': missing the port" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- --bind: specs
+
+
+def test_bind_specs_without_bind_is_host_port_uds_or_fd() -> None:
+    assert bind_specs(Config(ECHO)) == [BindSpec("127.0.0.1", 8000, None, None, 2048)]
+    config = Config(ECHO, uds="/tmp/x.sock", backlog=9, reuse_port=True)
+    assert bind_specs(config) == [BindSpec("127.0.0.1", 8000, "/tmp/x.sock", None, 9, True)]
+
+
+def test_bind_specs_with_bind_leaves_out_the_default_host_and_port() -> None:
+    config = Config(ECHO, bind=["0.0.0.0:80", "unix:/tmp/x.sock", "fd://5"], backlog=9)
+    assert bind_specs(config) == [
+        BindSpec("0.0.0.0", 80, None, None, 9),
+        BindSpec("", 0, "/tmp/x.sock", None, 9),
+        BindSpec("", 0, None, 5, 9),
+    ]
+    reuse = Config(ECHO, bind=["[::1]:80"], reuse_port=True)
+    assert bind_specs(reuse) == [BindSpec("::1", 80, None, None, 2048, True)]
+
+
+@pytest.mark.parametrize(
+    ("settings", "first"),
+    [
+        ({"port": 9000}, BindSpec("127.0.0.1", 9000, None, None, 2048)),
+        ({"host": "0.0.0.0"}, BindSpec("0.0.0.0", 8000, None, None, 2048)),
+        ({"uds": "/tmp/y.sock"}, BindSpec("127.0.0.1", 8000, "/tmp/y.sock", None, 2048)),
+        ({"fd": 7}, BindSpec("127.0.0.1", 8000, None, 7, 2048)),
+    ],
+)
+def test_bind_specs_with_bind_keeps_a_changed_host_port_uds_or_fd(
+    settings: dict[str, Any], first: BindSpec
+) -> None:
+    config = Config(ECHO, bind=["127.0.0.1:81"], **settings)
+    assert bind_specs(config) == [first, BindSpec("127.0.0.1", 81, None, None, 2048)]
+
+
+# --------------------------------------------------------------------------- --reuse-port
+
+
+needs_reuse_port = pytest.mark.skipif(
+    not hasattr(socket, "SO_REUSEPORT"), reason="this platform has no SO_REUSEPORT"
+)
+
+
+@needs_reuse_port
+def test_reuse_port_lets_two_sockets_listen_on_one_port() -> None:
+    first = bind_socket(BindSpec("127.0.0.1", 0, None, None, 8, reuse_port=True))
+    port = first.getsockname()[1]
+    second = bind_socket(BindSpec("127.0.0.1", port, None, None, 8, reuse_port=True))
+    try:
+        assert second.getsockname() == ("127.0.0.1", port)
+        for sock in (first, second):
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        # Without it, the port is taken: the option really is what let the second one in.
+        with pytest.raises(BindError, match=rf"127\.0\.0\.1:{port}: Address already in use$"):
+            bind_socket(BindSpec("127.0.0.1", port, None, None, 8))
+    finally:
+        close_sockets([first, second])
+
+
+def test_no_reuse_port_by_default() -> None:
+    sock = bind_socket(BindSpec("127.0.0.1", 0, None, None, 8))
+    try:
+        if hasattr(socket, "SO_REUSEPORT"):
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0
+    finally:
+        sock.close()
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+@needs_reuse_port
+def test_reuse_port_ipv6_and_its_error_names_the_bracketed_address() -> None:
+    first = bind_socket(BindSpec("::1", 0, None, None, 8, reuse_port=True))
+    port = first.getsockname()[1]
+    try:
+        with pytest.raises(BindError, match=rf"^could not listen on \[::1\]:{port}: "):
+            bind_socket(BindSpec("::1", port, None, None, 8))
+        second = bind_socket(BindSpec("::1", port, None, None, 8, reuse_port=True))
+        assert describe(second, "http") == f"http://[::1]:{port}"
+        second.close()
+    finally:
+        first.close()
+
+
+# --------------------------------------------------------------------------- bind_all
+
+
+def test_bind_all_binds_every_address_in_order(uds_path: Path) -> None:
+    config = Config(ECHO, bind=["127.0.0.1:0", f"unix:{uds_path}"], backlog=5)
+    sockets = bind_all(config)
+    try:
+        assert [sock.family for sock in sockets] == [socket.AF_INET, socket.AF_UNIX]
+        assert describe(sockets[1], "https") == f"https://unix:{uds_path}"
+        assert not any(sock.getblocking() or from_systemd(sock) for sock in sockets)
+        assert stat.S_ISSOCK(uds_path.stat().st_mode)
+        with socket.create_connection(sockets[0].getsockname()[:2], timeout=5):
+            pass  # listening
+    finally:
+        close_sockets(sockets)
+    assert all(sock.fileno() == -1 for sock in sockets)
+    assert not uds_path.exists(), "close_sockets removes the socket file bound here"
+
+
+def test_bind_all_closes_what_it_bound_when_an_address_fails(
+    uds_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[socket.socket] = []
+    real_bind_socket = listen.bind_socket
+
+    def recording_bind_socket(spec: BindSpec) -> socket.socket:
+        opened.append(real_bind_socket(spec))
+        return opened[-1]
+
+    monkeypatch.setattr(listen, "bind_socket", recording_bind_socket)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = Config(ECHO, bind=["127.0.0.1:0", f"unix:{uds_path}", f"127.0.0.1:{port}"])
+        message = rf"^could not listen on 127\.0\.0\.1:{port}: Address already in use$"
+        with pytest.raises(BindError, match=message):
+            bind_all(config)
+    assert len(opened) == 2
+    assert all(sock.fileno() == -1 for sock in opened), "the sockets bound before are closed"
+    assert not uds_path.exists(), "and the socket file bound before is removed"
+
+
+def test_bind_all_reports_an_address_changed_after_config_as_a_bind_error() -> None:
+    config = Config(ECHO)
+    config.bind = ["nonsense"]
+    with pytest.raises(BindError, match=r"^bind address 'nonsense': missing the port"):
+        bind_all(config)
+
+
+def test_close_sockets_never_removes_what_is_no_longer_a_socket(uds_path: Path) -> None:
+    sock = bind_socket(BindSpec("", 0, str(uds_path), None, 1))
+    sock.close()
+    uds_path.unlink()
+    uds_path.write_text("someone else's file")
+    close_sockets([sock])
+    assert uds_path.read_text() == "someone else's file"
+    uds_path.unlink()
+
+
+def test_close_sockets_leaves_the_file_of_an_inherited_unix_socket(uds_path: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as owner:
+        owner.bind(str(uds_path))
+        owner.listen()
+        inherited = bind_socket(BindSpec("", 0, None, os.dup(owner.fileno()), 1))  # --fd
+        assert describe(inherited, "http") == f"http://unix:{uds_path}"
+        close_sockets([inherited])
+        assert stat.S_ISSOCK(uds_path.stat().st_mode), "the file belongs to whoever bound it"
+
+
+# --------------------------------------------------------------------------- --bind, CLI
+# These need the lead's server.py change (Server._listen calls bind_all, and shutdown calls
+# close_sockets): test_cli_bind_tcp_and_unix, test_cli_bind_with_an_explicit_port,
+# test_cli_bind_failure_exits_3_and_cleans_up, test_cli_reuse_port_two_servers_share_a_port.
+
+
+def test_cli_bind_tcp_and_unix(uds_path: Path) -> None:
+    srv = start_cli(ECHO, "--bind", "127.0.0.1:0", "--bind", f"unix:{uds_path}")
+    try:
+        port = int(srv.wait_output(r"running on http://127\.0\.0\.1:(\d+) ").group(1))
+        srv.wait_output(r"running on http://unix:" + re.escape(str(uds_path)))
+        assert get_json(f"http://127.0.0.1:{port}/tcp")["path"] == "/tcp"
+        over_uds = httpx.HTTPTransport(uds=str(uds_path))
+        assert get_json("http://localhost/unix", over_uds)["path"] == "/unix"
+        assert srv.output.count("running on") == 2, "not the default 127.0.0.1:8000 as well"
+        assert srv.stop(signal.SIGTERM) == 0
+    finally:
+        srv.stop()
+    assert not uds_path.exists(), "the socket file is removed on exit"
+
+
+def test_cli_bind_with_an_explicit_port(uds_path: Path) -> None:
+    srv = start_cli(ECHO, "--port", "0", "--bind", f"unix:{uds_path}")
+    try:
+        port = int(srv.wait_output(r"running on http://127\.0\.0\.1:(\d+) ").group(1))
+        srv.wait_output(r"running on http://unix:")
+        assert get_json(f"http://127.0.0.1:{port}/")["path"] == "/"
+    finally:
+        assert srv.stop() == 0
+
+
+def test_cli_bind_failure_exits_3_and_cleans_up(uds_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        srv = start_cli(
+            ECHO, "--bind", f"unix:{uds_path}", "--bind", f"127.0.0.1:{port}", "--lifespan", "off"
+        )
+        try:
+            assert srv.wait(timeout=15) == 3
+        finally:
+            srv.stop()
+    assert f"ERROR:    could not listen on 127.0.0.1:{port}: Address already in use" in srv.output
+    assert not uds_path.exists(), "the unix socket bound before the failure is removed"
+
+
+@needs_reuse_port
+def test_cli_reuse_port_two_servers_share_a_port() -> None:
+    with cli_server(ECHO, "--port", "0", "--reuse-port") as first:
+        port = str(first.port)
+        with cli_server(ECHO, "--port", port, "--reuse-port") as second:
+            assert second.port == first.port
+            assert get_json(f"{second.url}/shared")["path"] == "/shared"

@@ -16,7 +16,7 @@ import click
 import pytest
 import uvicorn
 
-from sleipnir import cli
+from sleipnir import cli, main
 from sleipnir._version import __version__
 from sleipnir.config import SETTINGS, Config
 from sleipnir.logging import LOGGING_CONFIG
@@ -34,6 +34,8 @@ SAMPLES: dict[str, tuple[list[str], str, Any]] = {
     "port": (["--port", "9001"], "9001", 9001),
     "uds": (["--uds", "/tmp/sleipnir.sock"], "/tmp/sleipnir.sock", "/tmp/sleipnir.sock"),
     "fd": (["--fd", "3"], "3", 3),
+    "bind": (["--bind", "unix:/tmp/s.sock"], "unix:/tmp/s.sock", ["unix:/tmp/s.sock"]),
+    "reuse_port": (["--reuse-port"], "true", True),
     "backlog": (["--backlog", "128"], "128", 128),
     "app_dir": (["--app-dir", "src"], "src", "src"),
     "factory": (["--factory"], "true", True),
@@ -73,6 +75,7 @@ SAMPLES: dict[str, tuple[list[str], str, Any]] = {
     "timeout_request_header": (["--timeout-request-header", "3"], "3", 3.0),
     "timeout_graceful_shutdown": (["--timeout-graceful-shutdown", "7"], "7", 7.0),
     "timeout_lifespan": (["--timeout-lifespan", "15"], "15", 15.0),
+    "shutdown_delay": (["--shutdown-delay", "5"], "5", 5.0),
     "timeout_worker_healthcheck": (["--timeout-worker-healthcheck", "9"], "9", 9),
     "log_config": (["--log-config", "log.json"], "log.json", "log.json"),
     "log_level": (["--log-level", "debug"], "debug", "debug"),
@@ -244,22 +247,21 @@ def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_main_runs_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[Config] = []
-    monkeypatch.setattr("sleipnir.server.run_config", seen.append)
+    monkeypatch.setattr("sleipnir.main.run_config", seen.append)
     monkeypatch.setattr(sys, "argv", ["sleipnir", "main:app", "--port", "9004"])
     cli.main()
     assert [config.port for config in seen] == [9004]
 
 
-def test_main_refuses_unavailable_features(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr("sleipnir.server.run_config", pytest.fail)
+def test_workers_need_an_import_string(capsys: pytest.CaptureFixture[str]) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None: ...
+
     with pytest.raises(SystemExit) as exc_info:
-        cli.main(["main:app", "--reload", "--workers", "2"])
+        main.run(app, workers=2)
     assert exc_info.value.code == 2
     assert capsys.readouterr().err == (
-        "sleipnir: error: --workers 2 is not available yet: "
-        "it arrives with the process-model work (issue 5)\n"
+        "sleipnir: error: --workers and --reload need the application as an import string "
+        "('module:app')\n"
     )
 
 
@@ -290,12 +292,9 @@ def test_subprocess_errors_exit_2() -> None:
     base = [sys.executable, "-m", "sleipnir"]
     done = subprocess.run(base, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "required: APP" in done.stderr
-    done = subprocess.run([*base, "main:app", "--reload"], capture_output=True, text=True)
+    done = subprocess.run([*base, "main:app", "--bind", "nowhere"], capture_output=True, text=True)
     assert done.returncode == 2
-    assert done.stderr == (
-        "sleipnir: error: --reload is not available yet: "
-        "it arrives with the process-model work (issue 5)\n"
-    )
+    assert "--bind" in done.stderr
 
 
 # --------------------------------------------------------------------------- the uvicorn walk
@@ -312,6 +311,9 @@ SLEIPNIR_ONLY = {
     "limit_request_headers",
     "limit_request_body",
     "access_log_format",
+    "bind",  # gunicorn's --bind
+    "reuse_port",
+    "shutdown_delay",
 }
 # Declared defaults that differ on purpose.
 DEFAULTS_DIFFER = {
@@ -339,8 +341,6 @@ UVICORN_SAMPLES = {
     "timeout_keep_alive": ["--timeout-keep-alive", "7"],
     "headers": ["--header", "X-A:1"],  # uvicorn keeps the space after the colon in the value
 }
-# uvicorn.Config keyword arguments sleipnir does not take: the gunicorn worker's hooks.
-UVICORN_CONFIG_ONLY = {"callback_notify", "timeout_notify"}
 
 
 def normalise(value: Any) -> Any:
@@ -444,4 +444,4 @@ def test_uvicorn_python_api_names_are_accepted() -> None:
     run_names = set(inspect.signature(uvicorn.run).parameters) - {"app"}
     assert run_names - names == set()
     config_names = set(inspect.signature(uvicorn.Config).parameters) - {"app"}
-    assert config_names - names == UVICORN_CONFIG_ONLY
+    assert config_names - names == set()

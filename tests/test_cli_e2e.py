@@ -1,7 +1,7 @@
 """The `sleipnir` command end to end: real subprocesses, real sockets, exit codes and output.
 
 Startup failures exit with status 3 and one ``ERROR:`` line; only an exception raised by the
-application's own code adds a traceback. Features of later issues exit with status 2.
+application's own code adds a traceback.
 """
 
 from __future__ import annotations
@@ -168,21 +168,6 @@ def test_console_script() -> None:
         [str(script), "--version"], capture_output=True, text=True, timeout=15, check=False
     )
     assert (result.returncode, result.stdout.split()[:2]) == (0, ["sleipnir", __version__])
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--reload"], "--reload is not available yet: it arrives with the process-model work"),
-        (["--workers", "2"], "--workers 2 is not available yet: it arrives with the process-model"),
-    ],
-    ids=["reload", "workers"],
-)
-def test_later_features_exit_2_with_one_line(args: list[str], message: str) -> None:
-    code, out = run_to_exit(ECHO, "--port", "0", *args)
-    assert code == 2
-    [line] = out.splitlines()
-    assert line.startswith(f"sleipnir: error: {message}")
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])

@@ -24,6 +24,8 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "port": 8000,
     "uds": None,
     "fd": None,
+    "bind": [],
+    "reuse_port": False,
     "backlog": 2048,
     "app_dir": "",
     "factory": False,
@@ -59,6 +61,9 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "timeout_request_header": 10.0,
     "timeout_graceful_shutdown": 20.0,
     "timeout_lifespan": 60.0,
+    "shutdown_delay": 0.0,
+    "timeout_notify": 30,
+    "callback_notify": None,
     "timeout_worker_healthcheck": 5,
     "log_config": LOGGING_CONFIG,
     "log_level": None,
@@ -122,19 +127,6 @@ def test_config_annotations_match_settings() -> None:
     """Config's attribute annotations (for type checkers) list exactly the declared names."""
     annotated = [name for name in Config.__annotations__ if name != "app"]
     assert annotated == [s.name for s in SETTINGS]
-
-
-def test_later_settings_name_an_issue() -> None:
-    later = {s.name for s in SETTINGS if s.later}
-    assert later == {
-        "workers",
-        "reload",
-        "reload_dirs",
-        "reload_includes",
-        "reload_excludes",
-        "reload_delay",
-    }
-    assert all("(issue " in (BY_NAME[name].later or "") for name in later)
 
 
 # --------------------------------------------------------------------------- Config
@@ -275,39 +267,6 @@ def test_forwarded_allow_ips_default_comes_from_env(monkeypatch: pytest.MonkeyPa
 def test_check_value_of_a_scalar_setting_with_a_list() -> None:
     with pytest.raises(TypeError, match="host must be str, not list"):
         check_value(BY_NAME["host"], ["a"])
-
-
-# --------------------------------------------------------------------------- unavailable()
-
-
-@pytest.mark.parametrize(
-    ("settings", "message"),
-    [
-        ({"reload": True}, "--reload is not available yet: it arrives with the process-model "
-         "work (issue 5)"),
-        ({"workers": 4}, "--workers 4 is not available yet: it arrives with the process-model "
-         "work (issue 5)"),
-        ({"reload_dirs": ["."]}, "--reload-dir is not available yet"),
-        ({"reload_includes": ["*.txt"]}, "--reload-include is not available yet"),
-        ({"reload_excludes": ["*.tmp"]}, "--reload-exclude is not available yet"),
-        ({"reload_delay": 1.0}, "--reload-delay 1.0 is not available yet"),
-    ],
-)  # fmt: skip
-def test_unavailable_features_are_reported(settings: dict[str, Any], message: str) -> None:
-    messages = Config("main:app", **settings).unavailable()
-    assert len(messages) == 1
-    assert messages[0].startswith(message)
-
-
-def test_defaults_and_idle_values_are_available() -> None:
-    assert Config("main:app").unavailable() == []
-    assert Config("main:app", ws="none", workers=1, reload_dirs=[]).unavailable() == []
-    assert Config("main:app", http2=True).unavailable() == []
-    assert Config("main:app", http2=False).unavailable() == []
-
-
-def test_several_unavailable_features_are_all_listed() -> None:
-    assert len(Config("main:app", reload=True, workers=2, http2=True).unavailable()) == 2
 
 
 # --------------------------------------------------------------------------- pickling, repr

@@ -182,3 +182,38 @@ def test_limit_max_requests_stops_the_server_with_exit_0(jitter: str | None) -> 
     out = srv.output
     assert "Maximum request limit of 3 exceeded. Terminating process." in out
     assert "app: shutdown ran with 0 held" in out
+
+
+def test_a_request_sent_as_the_shutdown_starts_is_answered() -> None:
+    # Under load the next request on a keep-alive connection is often already in the socket
+    # buffer, unread, when the shutdown starts: it is answered (Connection: close), not reset.
+    with cli_server(CONTROL_APP, "--port", "0") as srv:
+        with send_get(srv.host, srv.port) as conn:
+            assert read_response(conn)[0] == 200
+            srv.proc.send_signal(signal.SIGTERM)
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            status, _, body = read_response(conn)  # keep-alive or not: which came first
+            assert (status, body) == (200, b"ok")
+            assert_closed_by_server(conn)
+        assert srv.wait() == 0
+
+
+def test_shutdown_delay_serves_on_marked_draining_then_exits() -> None:
+    with cli_server(CONTROL_APP, "--port", "0", "--shutdown-delay", "1.5") as srv:
+        with send_get(srv.host, srv.port, "/ready") as conn:
+            assert read_response(conn)[2] == b"ok"
+        srv.proc.send_signal(signal.SIGTERM)
+        srv.wait_output("Shutdown delay: serving for 1.5 more second")
+        # New connections are still accepted, and a readiness check can fail.
+        with send_get(srv.host, srv.port, "/ready") as conn:
+            assert read_response(conn)[2] == b"draining"
+        assert srv.wait(timeout=15) == 0
+        assert "Shutdown delay over" in srv.output
+
+
+def test_a_second_sigterm_ends_the_shutdown_delay() -> None:
+    with cli_server(CONTROL_APP, "--port", "0", "--shutdown-delay", "60") as srv:
+        srv.proc.send_signal(signal.SIGTERM)
+        srv.wait_output("Shutdown delay")
+        assert srv.stop(signal.SIGTERM, timeout=15) == 0
+        assert "Shutdown delay over" not in srv.output

@@ -8,7 +8,8 @@ from sleipnir._version import __version__
 
 if TYPE_CHECKING:
     from sleipnir.config import Config
-    from sleipnir.server import Server, run
+    from sleipnir.main import run
+    from sleipnir.server import Server
 
 __all__ = ["Config", "Server", "__version__", "run"]
 
@@ -19,8 +20,12 @@ def __getattr__(name: str) -> Any:
         from sleipnir.config import Config
 
         return Config
-    if name in ("Server", "run"):
-        from sleipnir import server
+    if name == "Server":
+        from sleipnir.server import Server
 
-        return getattr(server, name)
+        return Server
+    if name == "run":
+        from sleipnir.main import run
+
+        return run
     raise AttributeError(f"module 'sleipnir' has no attribute {name!r}")

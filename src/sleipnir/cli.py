@@ -75,16 +75,10 @@ def default_text(setting: Setting) -> str:
 
 
 def help_text(setting: Setting, *, with_default: bool = True) -> str:
-    """The setting's help, its default and, if any, the later work that builds it."""
+    """The setting's help and its default."""
     text = setting.help
     if with_default:
         text += f" (default: {default_text(setting)})"
-    if setting.later and (setting.is_flag or setting.multiple):
-        text += f" Not available yet: it arrives with {setting.later}."
-    elif setting.later:
-        allowed = ", ".join(str(value) for value in setting.idle or (setting.default,))
-        text += f" Values other than {allowed} are not available yet: they arrive with "
-        text += f"{setting.later}."
     return text
 
 
@@ -184,10 +178,6 @@ def build_config(
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `sleipnir` command and of `python -m sleipnir`."""
     config = build_config(argv)
-    problems = config.unavailable()
-    if problems:
-        print(f"sleipnir: error: {problems[0]}", file=sys.stderr)
-        raise SystemExit(2)
-    from sleipnir.server import run_config
+    from sleipnir.main import run_config
 
     run_config(config)

@@ -13,7 +13,7 @@ import os
 import re
 import ssl
 import string
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,6 +23,7 @@ from sleipnir.logging import (
     LOG_LEVELS,
     LOGGING_CONFIG,
 )
+from sleipnir.transport.listen import parse_bind
 
 __all__ = [
     "SETTINGS",
@@ -34,8 +35,6 @@ __all__ = [
 
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
-
-_PROCESS = "the process-model work (issue 5)"
 
 
 @dataclass(frozen=True)
@@ -56,8 +55,6 @@ class Setting:
     nullable: bool = False  # None is a valid value (always true when the default is None)
     minimum: float | None = None
     maximum: float | None = None
-    later: str | None = None  # the later work that builds this feature; using it is an error
-    idle: tuple[Any, ...] = ()  # values of a `later` setting that do not ask for the feature
     default_text: str | None = None  # how the docs show a default resolved at run time
     env_separator: str = ","  # splits a repeatable setting's environment variable
     must_exist: bool = False  # the value is a path that must exist when Config is built
@@ -72,14 +69,6 @@ class Setting:
     def is_flag(self) -> bool:
         """True when the flag takes no value (`--reload`, `--access-log/--no-access-log`)."""
         return self.type is bool and self.bool_style != "value"
-
-    def requests_later(self, value: Any) -> bool:
-        """True when `value` asks for a feature that is not built yet."""
-        if self.later is None:
-            return False
-        if self.multiple:
-            return bool(value)
-        return value != self.default and value not in self.idle
 
 
 def _flag(name: str) -> tuple[str, ...]:
@@ -105,6 +94,12 @@ SETTINGS: tuple[Setting, ...] = (
        metavar="PATH"),
     _s("fd", int, None, "Serve on an already-open socket, given by its file descriptor.", _BIND,
        minimum=0),
+    _s("bind", str, (), "Listen here too: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N; repeat "
+       "for more. When given, --host/--port are used only if set as well.", _BIND,
+       multiple=True, metavar="ADDRESS"),
+    _s("reuse_port", bool, False, "With several workers: give each worker its own "
+       "SO_REUSEPORT listening socket, so the kernel spreads connections evenly.", _BIND,
+       bool_style="switch"),
     _s("backlog", int, 2048, "Length of the kernel's queue of not-yet-accepted connections.",
        _BIND, minimum=1),
     # Application
@@ -190,6 +185,14 @@ SETTINGS: tuple[Setting, ...] = (
        minimum=0),
     _s("timeout_lifespan", float, 60.0, "Give up when lifespan startup, or shutdown, takes "
        "longer than this many seconds.", _TIMEOUTS, minimum=0),
+    _s("shutdown_delay", float, 0.0, "After SIGTERM, keep serving this many seconds (requests "
+       "carry the sleipnir.draining scope extension, for a readiness check to fail) before "
+       "the graceful shutdown starts: for load balancers still routing here.", _TIMEOUTS,
+       minimum=0),
+    _s("timeout_notify", int, 30, "Call callback_notify at least this often (seconds).",
+       _TIMEOUTS, flags=(), minimum=1),
+    _s("callback_notify", object, None, "Async callable () -> None called every "
+       "timeout_notify seconds while serving (a supervisor's heartbeat).", _TIMEOUTS, flags=()),
     _s("timeout_worker_healthcheck", int, 5, "With several workers: seconds a worker has to "
        "answer the supervisor's health check.", _TIMEOUTS, minimum=1),
     # Logging
@@ -223,19 +226,20 @@ SETTINGS: tuple[Setting, ...] = (
        "ssl.SSLContext that builds the TLS context; it may call default_factory().", _TLS,
        flags=()),
     # Processes and reload
-    _s("workers", int, None, "Number of worker processes.", _PROC, minimum=0, later=_PROCESS,
-       idle=(1,), default_text="$WEB_CONCURRENCY, else 1"),
+    _s("workers", int, None, "Number of worker processes.", _PROC, minimum=0,
+       default_text="$WEB_CONCURRENCY, else 1"),
     _s("reload", bool, False, "Restart the server when source files change.", _PROC,
-       bool_style="switch", later=_PROCESS),
+       bool_style="switch"),
     _s("reload_dirs", str, (), "Directory to watch for --reload; repeat for more.", _PROC,
        default_text="none (the current directory)", flags=("--reload-dir",), multiple=True,
-       metavar="DIR", must_exist=True, later=_PROCESS),
+       metavar="DIR", must_exist=True),
     _s("reload_includes", str, (), "Glob of files to watch for --reload; repeat for more.",
-       _PROC, flags=("--reload-include",), multiple=True, metavar="GLOB", later=_PROCESS),
+       _PROC, flags=("--reload-include",), multiple=True, metavar="GLOB"),
     _s("reload_excludes", str, (), "Glob of files --reload ignores; repeat for more.", _PROC,
-       flags=("--reload-exclude",), multiple=True, metavar="GLOB", later=_PROCESS),
-    _s("reload_delay", float, 0.25, "Seconds between two checks for changed files.", _PROC,
-       minimum=0, later=_PROCESS),
+       flags=("--reload-exclude",), multiple=True, metavar="GLOB"),
+    _s("reload_delay", float, 0.25, "Seconds without a new change before a batch of "
+       "changes restarts the workers; without watchfiles, also the time between two checks.", _PROC,
+       minimum=0),
 )
 # fmt: on
 
@@ -376,6 +380,17 @@ def _check_addresses(setting: Setting, value: Any) -> str | None:
     raise TypeError("forwarded_allow_ips must be a comma-separated str or a list of str")
 
 
+def _check_binds(setting: Setting, value: Any) -> list[str]:
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else list(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"bind items must be str, not {type(item).__name__}")
+        parse_bind(item, backlog=1)  # ValueError naming the address and what is wrong
+    return items
+
+
 def _check_callable(setting: Setting, value: Any) -> Any:
     if value is not None and not callable(value):
         raise TypeError(f"{setting.name} must be callable or None")
@@ -388,7 +403,9 @@ _SPECIAL: dict[str, Callable[[Setting, Any], Any]] = {
     "log_config": _check_log_config,
     "access_log_format": _check_access_log_format,
     "ssl_context_factory": _check_callable,
+    "callback_notify": _check_callable,
     "forwarded_allow_ips": _check_addresses,
+    "bind": _check_binds,
 }
 
 
@@ -405,6 +422,8 @@ class Config:
     port: int
     uds: str | None
     fd: int | None
+    bind: list[str]
+    reuse_port: bool
     backlog: int
     app_dir: str
     factory: bool
@@ -440,6 +459,9 @@ class Config:
     timeout_request_header: float
     timeout_graceful_shutdown: float | None
     timeout_lifespan: float
+    shutdown_delay: float
+    timeout_notify: int
+    callback_notify: Callable[[], Awaitable[None]] | None
     timeout_worker_healthcheck: int
     log_config: str | dict[str, Any] | None
     log_level: str | int | None
@@ -479,18 +501,6 @@ class Config:
     def settings(self) -> dict[str, Any]:
         """The value of every declared setting, by name."""
         return {s.name: getattr(self, s.name) for s in SETTINGS}
-
-    def unavailable(self) -> list[str]:
-        """One message per requested feature that this version does not implement yet."""
-        messages = []
-        for setting in SETTINGS:
-            value = getattr(self, setting.name)
-            if setting.requests_later(value):
-                shown = setting.flags[0]
-                if not setting.is_flag and not setting.multiple:
-                    shown += f" {value}"
-                messages.append(f"{shown} is not available yet: it arrives with {setting.later}")
-        return messages
 
     @property
     def is_ssl(self) -> bool:

@@ -320,6 +320,24 @@ def _handlers() -> Iterator[logging.Handler]:
                 yield handler
 
 
+def reopen_log_files() -> int:
+    """Reopen the files of every ``FileHandler`` on the root and sleipnir loggers (SIGUSR1,
+    after logrotate moved them away); returns how many. Safe from any thread."""
+    count = 0
+    for handler in _handlers():
+        if isinstance(handler, logging.FileHandler):
+            handler.acquire()
+            try:
+                if handler.stream is not None:  # (None: opened by the first emit, delay=True)
+                    handler.stream.flush()
+                    handler.stream.close()
+                    handler.stream = handler._open()
+                count += 1
+            finally:
+                handler.release()
+    return count
+
+
 def _resolve_colours(use_colors: bool | None) -> None:
     for handler in _handlers():
         formatter = handler.formatter

@@ -15,6 +15,10 @@ Invariants:
   startup failed or lifespan shutdown failed (uvicorn only logs the latter; a supervisor
   should see it). A second SIGINT (SIGTERM does not force) ends the wait at once.
 - Signal handlers are installed only in the main thread, and the ones found are put back.
+- ``--shutdown-delay``: the first SIGTERM starts the delay (requests carry the
+  ``sleipnir.draining`` extension); the shutdown starts when it ends, or at the next signal.
+- Under a supervisor (``supervised``), the worker reports ``ready`` once listening and its
+  request limit instead of exiting; the supervisor announces the sockets and stops it.
 """
 
 from __future__ import annotations
@@ -28,15 +32,17 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sleipnir.asgi.http_cycle import AppContext
 from sleipnir.asgi.lifespan import Lifespan, LifespanFailure
+from sleipnir.systemd import Notifier
 from sleipnir.transport.clock import Clock
-from sleipnir.transport.h1_protocol import H1Protocol
-from sleipnir.transport.listen import BindError, BindSpec, bind_socket, describe
+from sleipnir.transport.h1_protocol import SHUTDOWN_GRACE_S, H1Protocol
+from sleipnir.transport.listen import BindError, bind_all, close_sockets, describe, from_systemd
 from sleipnir.transport.state import ServerState
 from sleipnir.transport.ws_protocol import WSSettings
 from sleipnir.wire.h1 import H1Limits
@@ -46,7 +52,6 @@ if TYPE_CHECKING:
     import ssl
 
     from sleipnir.config import Config
-    from sleipnir.types import ASGIApp
     from sleipnir.wire.h2 import H2Limits
 
 logger = logging.getLogger("sleipnir.error")
@@ -60,11 +65,22 @@ class StartupError(Exception):
     """A one-line reason the server could not start."""
 
 
+class Supervised(Protocol):
+    """A worker's link to its supervisor (``sleipnir.supervisor``)."""
+
+    def ready(self) -> None:
+        """Startup is complete: the worker serves its sockets."""
+
+    def request_limit_reached(self) -> None:
+        """--limit-max-requests: the supervisor replaces the worker, then stops it."""
+
+
 class Server:
     """Serves one config in the current process (uvicorn's ``Server`` API)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, supervised: Supervised | None = None) -> None:
         self.config = config
+        self.supervised = supervised
         self.should_exit = False
         self.force_exit = False
         self.started = False
@@ -74,12 +90,16 @@ class Server:
         self._app_started = False  # lifespan startup succeeded: the app expects a shutdown
         self._bound_here: list[socket.socket] = []
         self.shutdown_failed = False
+        self._exit_at = 0.0  # time.monotonic() at which --shutdown-delay ends (0: none)
+        self._notifier: Notifier | None = None  # systemd's NOTIFY_SOCKET (Type=notify)
 
     def run(self, sockets: Sequence[socket.socket] | None = None) -> None:
         """Run ``serve`` on a new event loop of the configured kind (--loop)."""
         _run_loop(self.serve(sockets), self.config.loop)
 
     async def serve(self, sockets: Sequence[socket.socket] | None = None) -> None:
+        if self.supervised is None:  # a worker: its supervisor talks to systemd
+            self._notifier = Notifier.from_env()
         with self._capture_signals():
             try:
                 await self._startup(sockets)
@@ -88,6 +108,8 @@ class Server:
                 await self._close_after_failed_startup()
                 return
             self.started = True
+            if self._notifier is not None:
+                self._notifier.ready()
             await self._main_loop()
             await self._shutdown()
             logger.info("Finished server process [%d]", os.getpid())
@@ -132,6 +154,8 @@ class Server:
         self._app_started = True
         await self._listen(state, sockets, ssl_context)
         state.clock.start()
+        if self.supervised is not None:
+            self.supervised.ready()
 
     async def _until_signal(self, step: Coroutine[Any, Any, None]) -> None:
         """Run a startup step; a SIGINT/SIGTERM meanwhile abandons startup (exit 3)."""
@@ -190,7 +214,9 @@ class Server:
         )
 
     def _request_limit_reached(self) -> None:
-        if not self.should_exit:
+        if self.supervised is not None:
+            self.supervised.request_limit_reached()
+        elif not self.should_exit:
             limit = self.state.request_limit if self.state is not None else None
             logger.warning("Maximum request limit of %s exceeded. Terminating process.", limit)
             self.should_exit = True
@@ -204,12 +230,17 @@ class Server:
         config = self.config
         scheme = "https" if ssl_context is not None else "http"
         if sockets is None:
-            spec = BindSpec(config.host, config.port, config.uds, config.fd, config.backlog)
             try:
-                sockets = [bind_socket(spec)]
+                sockets = bind_all(config)
             except BindError as exc:
                 raise StartupError(str(exc)) from None
             self._bound_here = list(sockets)
+            if any(from_systemd(sock) for sock in sockets):
+                logger.info(
+                    "Using %d socket(s) from systemd socket activation; "
+                    "--host/--port/--uds/--fd/--bind are ignored",
+                    len(sockets),
+                )
         loop = asyncio.get_running_loop()
 
         def factory() -> H1Protocol:
@@ -220,18 +251,44 @@ class Server:
                 factory, sock=sock, ssl=ssl_context, backlog=config.backlog
             )
             self.servers.append(server)
-            logger.info("Sleipnir running on %s (Press CTRL+C to quit)", describe(sock, scheme))
+            if self.supervised is None:  # else the supervisor said it, once for all workers
+                logger.info("Sleipnir running on %s (Press CTRL+C to quit)", describe(sock, scheme))
 
     # Serving and shutdown --------------------------------------------------------------------
 
     async def _main_loop(self) -> None:
+        notify = self.config.callback_notify
+        notify_at = time.monotonic() + self.config.timeout_notify
+        systemd = self._notifier
+        watchdog = systemd.watchdog_interval if systemd is not None else None
+        watchdog_at = time.monotonic()
         while not self.should_exit:
             await asyncio.sleep(MAIN_LOOP_TICK_S)
+            now = time.monotonic()
+            if systemd is not None and watchdog is not None and now >= watchdog_at:
+                watchdog_at = now + watchdog
+                systemd.watchdog()
+            if self._exit_at and now >= self._exit_at:
+                logger.info("Shutdown delay over")
+                self.should_exit = True
+            if notify is not None and now >= notify_at:
+                notify_at = now + self.config.timeout_notify
+                await notify()
+
+    def _delay_shutdown(self) -> None:
+        """--shutdown-delay: serve on, requests carrying ``sleipnir.draining``, then exit."""
+        assert self.state is not None
+        self.state.start_draining()
+        delay = self.config.shutdown_delay
+        logger.info("Shutdown delay: serving for %g more second(s)", delay)
+        self._exit_at = time.monotonic() + delay
 
     async def _shutdown(self) -> None:
         state = self.state
         assert state is not None
         logger.info("Shutting down")
+        if self._notifier is not None:
+            self._notifier.stopping()
         state.shutting_down = True
         for server in self.servers:
             server.close()
@@ -246,7 +303,7 @@ class Server:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), MAIN_LOOP_TICK_S)
         await self._stop_lifespan()
-        self._remove_uds()
+        self._close_bound_sockets()
 
     async def _drain(self, state: ServerState) -> None:
         """Wait for in-flight requests, bounded by the graceful timeout and a second signal."""
@@ -255,7 +312,11 @@ class Server:
         deadline = None if timeout is None else loop.time() + timeout
         if state.tasks:
             logger.info("Waiting for %d in-flight request(s) to finish.", len(state.tasks))
-        while state.tasks and not self.force_exit:
+        # Idle connections get SHUTDOWN_GRACE_S for a request already sent (H1Protocol.shutdown).
+        idle_end = loop.time() + SHUTDOWN_GRACE_S + MAIN_LOOP_TICK_S / 2
+        while (
+            state.tasks or (state.clock.connections and loop.time() < idle_end)
+        ) and not self.force_exit:
             if deadline is not None and loop.time() >= deadline:
                 logger.warning(
                     "Graceful shutdown timed out; cancelling %d request(s).", len(state.tasks)
@@ -289,15 +350,12 @@ class Server:
             await self._stop_lifespan()
         elif self._lifespan is not None:
             await self._lifespan.close()
-        self._remove_uds()
+        self._close_bound_sockets()
 
-    def _remove_uds(self) -> None:
-        uds = self.config.uds
-        if uds and self._bound_here:
-            for sock in self._bound_here:
-                sock.close()
-            with contextlib.suppress(OSError):
-                os.unlink(uds)
+    def _close_bound_sockets(self) -> None:
+        """Close what ``_listen`` bound, removing the unix socket files it created."""
+        close_sockets(self._bound_here)
+        self._bound_here = []
 
     # Signals ---------------------------------------------------------------------------------
 
@@ -323,6 +381,15 @@ class Server:
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
+        elif (
+            sig == signal.SIGTERM
+            and self.config.shutdown_delay
+            and self.started
+            and not self._exit_at
+            and not self.should_exit
+        ):
+            self._delay_shutdown()
+            return
         self.should_exit = True
 
 
@@ -445,34 +512,3 @@ def _run_loop(main: Coroutine[Any, Any, None], kind: str) -> None:
             loop.run_until_complete(main)
         finally:
             loop.close()
-
-
-def run_config(config: Config) -> None:
-    """Run a server for ``config``; raises SystemExit(3) when it could not start."""
-    unavailable = config.unavailable()
-    if unavailable:
-        print(f"sleipnir: error: {unavailable[0]}", file=sys.stderr)
-        raise SystemExit(2)
-    from sleipnir.config import load_env_file
-
-    if config.env_file:
-        load_env_file(config)
-    server = Server(config)
-    try:
-        server.run()
-    except StartupError as exc:
-        logger.error("%s", exc)
-        raise SystemExit(STARTUP_FAILURE) from None
-    except KeyboardInterrupt:  # pragma: no cover - a signal before the handlers were set
-        pass
-    if not server.started:
-        raise SystemExit(STARTUP_FAILURE)
-    if server.shutdown_failed:
-        raise SystemExit(STARTUP_FAILURE)
-
-
-def run(app: ASGIApp | Callable[..., Any] | str, **settings: Any) -> None:
-    """Serve ``app`` (an ASGI app, a factory with factory=True, or "module:attr")."""
-    from sleipnir.config import Config
-
-    run_config(Config(app, **settings))

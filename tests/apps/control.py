@@ -5,7 +5,8 @@ the request itself, before it says "app: holding"), then answers 200 "released".
 therefore start a request, shut the server down, and only then let the request finish,
 without sleeping. If the request's task is cancelled it says "app: hold cancelled".
 ``GET /stream`` sends its head and b"first " at once, waits for SIGUSR1 the same way, then
-sends b"last" and ends the response. Every other path answers 200 "ok" at once. Lifespan
+sends b"last" and ends the response. ``GET /ready`` answers "draining" once the server drains
+(--shutdown-delay). Every other path answers 200 "ok" at once. Lifespan
 startup and shutdown are announced, and the shutdown line tells whether a held request was
 still running.
 """
@@ -63,5 +64,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["path"] == "/hold":
         await _hold()
         body = b"released"
+    elif scope["path"] == "/ready" and "sleipnir.draining" in scope["extensions"]:
+        body = b"draining"  # a readiness check that fails while the server drains
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": body})

@@ -126,11 +126,16 @@ _NO_OPTIONS = _Options()
 # an extension is a message contract, and the cycle keeps it either way; whether trailer
 # fields reach the client is the request's (TE: trailers) and the framing's business
 # (docs/architecture.md, "ASGI HTTP extensions"). HTTP/2 adds http.response.push.
-_EXTENSIONS: dict[str, Any] = {
+EXTENSIONS: dict[str, Any] = {
     "http.response.pathsend": _NO_OPTIONS,
     "http.response.trailers": _NO_OPTIONS,
     "http.response.early_hint": _NO_OPTIONS,
 }
+
+
+# While a server drains (--shutdown-delay): a readiness endpoint checks for this extension and
+# answers "not ready", so that load balancers stop routing here before the listener closes.
+DRAINING_EXTENSIONS: dict[str, Any] = {**EXTENSIONS, "sleipnir.draining": _NO_OPTIONS}
 
 
 def http_scope(
@@ -140,11 +145,13 @@ def http_scope(
     client: tuple[str, int] | None,
     scheme: str,
     lifespan_state: dict[str, Any],
+    extensions: dict[str, Any] = EXTENSIONS,
 ) -> Scope:
     """The ASGI ``http`` scope of one request (spec 2.4), for HTTP/1.1 and HTTP/2 alike.
 
     Everything an app may mutate is fresh per request: the scope, the state copy, the
-    extensions (the empty options dicts in it are shared and read-only). ``root_path`` is
+    extensions, copied from the ``extensions`` template (the empty options dicts in it are
+    shared and read-only; ``DRAINING_EXTENSIONS`` while the server drains). ``root_path`` is
     prefixed to ``path`` and ``raw_path`` (as uvicorn does).
     """
     return {
@@ -162,7 +169,7 @@ def http_scope(
         "headers": head.headers,
         "state": lifespan_state.copy(),
         # A copy of a template: cheaper than building even a one-entry dict (measured).
-        "extensions": _EXTENSIONS.copy(),
+        "extensions": extensions.copy(),
     }
 
 

@@ -42,6 +42,9 @@ from sleipnir.wire.h1 import H1Error, H1Parser, Headers, RequestHead, declared_l
 if TYPE_CHECKING:
     from sleipnir.transport.h2_protocol import H2Protocol
 
+# Graceful shutdown: how long an idle keep-alive connection stays open for a request already
+# on its way (H1Protocol.shutdown); the server's drain waits this long for idle connections.
+SHUTDOWN_GRACE_S = 0.25
 LINGER_S = 2.0  # how long to keep reading after an unread body before closing (RFC 9112 §9.6)
 FLUSH_BYTES = 65536  # gathered pipelined responses are written once they exceed this
 # A body up to this size is copied behind its head (one small write); a larger one is handed
@@ -154,7 +157,7 @@ class H1Protocol(WriteFlow):
         self._plain_tasks = self._loop.get_task_factory() is None
         self._context = contextvars.copy_context()  # the server's, not any request's
         if state.shutting_down:
-            self._close()
+            self.shutdown()  # accepted just before the listener closed: answer what it sends
         elif state.h2 is not None:
             self._h2_probe = True
             if self._scheme == "https":
@@ -301,7 +304,13 @@ class H1Protocol(WriteFlow):
         if head.upgrade is not None and state.h2 is not None and self._h2c_candidate(head):
             return
         scope = http_scope(
-            head, state.root_path, self._server, self._client, self._scheme, state.lifespan_state
+            head,
+            state.root_path,
+            self._server,
+            self._client,
+            self._scheme,
+            state.lifespan_state,
+            state.extensions,
         )
         if self._proxies is not None:
             self._proxies.apply_trusted(scope)
@@ -593,8 +602,16 @@ class H1Protocol(WriteFlow):
             self._close()
 
     def shutdown(self) -> None:
-        """Graceful shutdown: close now if idle, else after the response in progress."""
-        if self.cycle is None and not self._pipeline:
+        """Graceful shutdown: close after the response in progress; an idle connection gets
+        ``SHUTDOWN_GRACE_S`` first, for a request already on its way (under load, the next
+        request is usually in the socket buffer, unread: closing would reset it, RFC 9112
+        §9.6). A request that arrives meanwhile is answered with ``Connection: close``."""
+        if self.cycle is None and not self._pipeline and not self._closing:
+            self._loop.call_later(SHUTDOWN_GRACE_S, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        # (unless the connection has been handed to the HTTP/2 or WebSocket protocol)
+        if self.cycle is None and not self._pipeline and self.transport.get_protocol() is self:
             self._close()
 
     def _fail_request(self, exc: H1Error) -> None:

@@ -580,7 +580,13 @@ class H2Protocol(WriteFlow):
             self._answer(stream, 413, "declared request body larger than the limit")
             return
         scope = http_scope(
-            head, state.root_path, self._server, self._client, self._scheme, state.lifespan_state
+            head,
+            state.root_path,
+            self._server,
+            self._client,
+            self._scheme,
+            state.lifespan_state,
+            state.extensions,
         )
         scope["extensions"]["http.response.push"] = {}  # HTTP/2 only (H2Stream.push)
         if self._proxies is not None:

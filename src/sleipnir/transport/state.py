@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sleipnir.asgi.http_cycle import AppContext
+from sleipnir.asgi.http_cycle import DRAINING_EXTENSIONS, EXTENSIONS, AppContext
 from sleipnir.logging import RateLimitedLog
 from sleipnir.wire.h1 import H1Limits
 
@@ -61,7 +61,14 @@ class ServerState:
         self.tasks: set[asyncio.Task[None]] = set()
         self.total_requests = 0
         self.shutting_down = False
+        # The template of every request's scope["extensions"] (EXTENSIONS, or
+        # DRAINING_EXTENSIONS once ``start_draining`` ran).
+        self.extensions: dict[str, Any] = EXTENSIONS
         self.bad_request_log = RateLimitedLog(logger)
+
+    def start_draining(self) -> None:
+        """From now on requests carry the ``sleipnir.draining`` extension (--shutdown-delay)."""
+        self.extensions = DRAINING_EXTENSIONS
 
     def log_bad_request(self, client: str, status: int, reason: str) -> None:
         """One line per malformed request, rate-limited per status."""
