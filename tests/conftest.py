@@ -30,6 +30,20 @@ STARTUP_TIMEOUT_S = 15.0
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Modules of multi-process tests (supervisor, gunicorn, nginx, systemd, --reload): marked
+# "processes". scripts/test runs them once, on the main Python, and skips them in its second
+# pass on Python 3.12+ (the process model uses no asyncio feature that changed).
+PROCESS_MODULES = frozenset(
+    {"test_supervisor_e2e", "test_nginx", "test_gunicorn", "test_systemd", "test_reload_e2e"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.stem in PROCESS_MODULES:
+            item.add_marker(pytest.mark.processes)
+
+
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     """Poll ``condition`` until it returns a true value; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
