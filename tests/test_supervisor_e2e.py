@@ -378,3 +378,31 @@ def test_sigusr1_reopens_log_files(tmp_path: Path) -> None:
             "the supervisor's line in the new x.log",
         )
         assert "Adding a worker" not in moved.read_text()
+
+
+def test_workers_dying_in_a_loop_are_restarted_with_a_backoff() -> None:
+    with supervisor(APP, "--no-access-log") as sup:
+        known: list[int] = list(sup.workers())
+        for _ in range(6):  # CRASH_LIMIT (5) deaths within CRASH_WINDOW_S, then one more
+            victim = sup.workers()[0]
+            os.kill(victim, signal.SIGKILL)
+            sup.log.expect(rf"Worker \[{victim}\] died \(SIGKILL\)", 5.0)
+            if len(known) < 2 + 5:
+                known += sup.wait_new_ready(known, 1, 5.0)
+        sup.log.expect(r"6 workers died within 10 s; restarting in 1 s", 5.0)
+        sup.wait_new_ready(known, 1, 5.0)  # and it does come back
+
+
+def test_shutdown_delay_with_workers() -> None:
+    with supervisor(APP, "--no-access-log", "--shutdown-delay", "2") as sup:
+        assert httpx.get(f"{sup.url}/ready", timeout=10.0).text == "ready"
+        sup.signal(signal.SIGTERM)
+        sup.log.expect(r"Shutdown delay: serving for 2 more second", 5.0)
+        # The workers still serve, and mark requests for a readiness check to fail.
+        wait_for(
+            lambda: httpx.get(f"{sup.url}/ready", timeout=10.0).text == "draining",
+            5.0,
+            "requests marked sleipnir.draining",
+        )
+        sup.log.expect(r"Stopping 2 worker\(s\)", 10.0)  # the delay ends by itself
+        assert stop_supervisor(sup, timeout=30.0) == 0

@@ -5,6 +5,7 @@
                        200 "burned PID": the worker's event loop is busy all that time.
 ``GET /slow?s=S``      says "app: slow started PID" (flushed), awaits S seconds (default 1.5),
                        then 200 "slow done": an in-flight request for shutdown tests.
+``GET /ready``         200 "draining" once the server drains (--shutdown-delay), else "ready".
 Anything else          200 "ok".
 
 No lifespan: the lifespan scope returns at once ("unsupported" in auto mode, quietly).
@@ -46,6 +47,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     elif path == "/burn":
         burn(_seconds(scope, 3.0))
         body = b"burned %d" % pid
+    elif path == "/ready":
+        body = b"draining" if "sleipnir.draining" in scope["extensions"] else b"ready"
     elif path == "/slow":
         print(f"app: slow started {pid}", flush=True)
         await asyncio.sleep(_seconds(scope, 1.5))
