@@ -21,7 +21,15 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import STARTUP_TIMEOUT_S, CLIServer, cli_server, start_cli, start_process, wait_for
+from conftest import (
+    STARTUP_TIMEOUT_S,
+    CLIServer,
+    cli_server,
+    has_ipv6_loopback,
+    start_cli,
+    start_process,
+    wait_for,
+)
 from sleipnir import Config, Server
 from sleipnir.cli import build_config
 from sleipnir.transport import listen
@@ -38,17 +46,6 @@ from sleipnir.transport.listen import (
 )
 
 ECHO = "tests.apps.echo:app"
-
-
-def has_ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 def get_json(url: str, transport: httpx.HTTPTransport | None = None) -> Any:

@@ -25,7 +25,14 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import STARTUP_TIMEOUT_S, CLIServer, start_cli, start_process, wait_for
+from conftest import (
+    STARTUP_TIMEOUT_S,
+    CLIServer,
+    has_ipv6_loopback,
+    start_cli,
+    start_process,
+    wait_for,
+)
 from sleipnir.systemd import Notifier, listen_fds
 
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
@@ -34,15 +41,6 @@ needs_socket_activate = pytest.mark.skipif(
     reason="systemd-socket-activate is not installed (Debian package systemd)",
 )
 ECHO = "tests.apps.echo:app"
-
-
-def has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture

@@ -36,7 +36,10 @@ import string
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import IO, Any, Final, Literal
+from typing import IO, TYPE_CHECKING, Any, Final, Literal
+
+if TYPE_CHECKING:
+    from sleipnir.config import Config
 
 __all__ = [
     "ACCESS_LOG_FIELDS",
@@ -241,6 +244,16 @@ def configure_logging(
         access_logger.propagate = False
         access_logger.disabled = True  # makes isEnabledFor() false: AccessLog skips all work
     _resolve_colours(use_colors)
+
+
+def configure_from(config: Config) -> None:
+    """``configure_logging`` with a Config's logging settings (the server and supervisor)."""
+    configure_logging(
+        log_config=config.log_config,
+        log_level=config.log_level,
+        access_log=config.access_log,
+        use_colors=config.use_colors,
+    )
 
 
 def _apply_log_config(log_config: str | os.PathLike[str] | Mapping[str, Any]) -> None:

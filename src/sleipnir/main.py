@@ -50,19 +50,14 @@ def run_config(config: Config) -> None:
 
 
 def _run_supervisor(config: Config) -> None:
-    from sleipnir.logging import LogConfigError, configure_logging
+    from sleipnir.logging import LogConfigError, configure_from
     from sleipnir.supervisor import Supervisor, check_supervisable
 
     problem = check_supervisable(config)
     if problem:
         _usage_error(problem)
     try:
-        configure_logging(
-            log_config=config.log_config,
-            log_level=config.log_level,
-            access_log=config.access_log,
-            use_colors=config.use_colors,
-        )
+        configure_from(config)
     except LogConfigError as exc:
         print(f"sleipnir: error: {exc}", file=sys.stderr)
         raise SystemExit(STARTUP_FAILURE) from None

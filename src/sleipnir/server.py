@@ -475,15 +475,10 @@ def _ssl_context(config: Config, http2: bool = False) -> ssl.SSLContext | None:
 
 
 def _setup_logging(config: Config) -> None:
-    from sleipnir.logging import LogConfigError, configure_logging
+    from sleipnir.logging import LogConfigError, configure_from
 
     try:
-        configure_logging(
-            log_config=config.log_config,
-            log_level=config.log_level,
-            access_log=config.access_log,
-            use_colors=config.use_colors,
-        )
+        configure_from(config)
     except LogConfigError as exc:
         raise StartupError(str(exc)) from None
 

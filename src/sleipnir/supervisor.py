@@ -120,7 +120,6 @@ class Supervisor:
         self._restart_at: dict[int, float] = {}  # slot -> when a backed-off restart is due
         self._changes: list[str] = []  # --reload: changed files reported by the watcher thread
         self._watch_lock = threading.Lock()
-        self._waiting_for_change = False
         self._notifier: Any = None
 
     # Running ----------------------------------------------------------------------------------
@@ -252,7 +251,6 @@ class Supervisor:
             self._startup_failed(worker, how)
         elif self.config.reload:
             logger.error("Worker [%d] %s; waiting for file changes to restart it", worker.pid, how)
-            self._waiting_for_change = True
         else:
             logger.error("Worker [%d] %s; starting a new one", worker.pid, how)
             self._restart(worker.slot)
@@ -263,7 +261,6 @@ class Supervisor:
             logger.error(
                 "Worker [%d] failed to start (%s); waiting for file changes", worker.pid, how
             )
-            self._waiting_for_change = True
         elif old is not None and old in self.workers:
             # A rolling restart's new worker (new code?) cannot start: the old ones serve on.
             logger.error(
@@ -473,7 +470,6 @@ class Supervisor:
             changed, self._changes = self._changes, []
         if not changed or self._stopping:
             return
-        self._waiting_for_change = False
         # As uvicorn: stop first, then start, so that two instances of the app never overlap.
         for worker in self.workers:
             self._stop(worker)
