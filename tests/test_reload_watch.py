@@ -223,7 +223,7 @@ def test_nested_reload_dirs_are_watched_once(
     mod = write(sub / "deeper" / "mod.py", "a")
     watcher, batches = run.start([sub, tmp_path, sub / "deeper"])
     assert watcher.dirs == [str(tmp_path)]
-    assert f"directories: ['{tmp_path}']" in records[0].getMessage()
+    assert records[0].getMessage().endswith(f"): ['{tmp_path}']")
     write(mod, "changed")
     assert batches.wait_for(mod) == [str(mod)]
 
@@ -235,7 +235,10 @@ def test_log_lines(
     app = write(tmp_path / "app.py", "a")
     _, batches = run.start([])  # the current directory
     assert [(r.levelno, r.getMessage()) for r in records] == [
-        (logging.INFO, f"Will watch for changes in these directories: ['{tmp_path}']")
+        (
+            logging.INFO,
+            f"Will watch for changes in these directories ({run.backend}): ['{tmp_path}']",
+        )
     ]
     write(app, "changed")
     batches.wait_for(app)

@@ -256,7 +256,7 @@ class Watcher:
         if self._thread is not None:
             raise RuntimeError("a Watcher can be started only once")
         self._on_change = on_change
-        logger.info("Will watch for changes in these directories: %s", self.dirs)
+        logger.info("Will watch for changes in these directories (%s): %s", self.name, self.dirs)
         self._thread = threading.Thread(target=self._run, name="sleipnir-reload", daemon=True)
         self._thread.start()
         if not self._ready.wait(_READY_TIMEOUT_S):

@@ -31,6 +31,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -214,7 +215,7 @@ class Supervisor:
     def _on_message(self, worker: Worker, message: str) -> None:
         if message == "pong":
             worker.ping_sent = 0.0
-        elif message == "ready":
+        elif message == "ready" and not worker.stopping:
             worker.ready = True
             worker.next_ping = time.monotonic() + self.config.timeout_worker_healthcheck
             logger.info("Worker [%d] ready", worker.pid)
@@ -470,6 +471,13 @@ class Supervisor:
             changed, self._changes = self._changes, []
         if not changed or self._stopping:
             return
+        # The new worker must not import a stale __pycache__ entry: CPython trusts one whose
+        # recorded source size and mtime (in whole seconds) match, so a same-size edit within
+        # the second of the last import would go unseen.
+        for path in changed:
+            if path.endswith(".py"):
+                with contextlib.suppress(OSError, ValueError):
+                    os.unlink(importlib.util.cache_from_source(path))
         # As uvicorn: stop first, then start, so that two instances of the app never overlap.
         for worker in self.workers:
             self._stop(worker)
