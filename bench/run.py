@@ -11,9 +11,12 @@ requests.
 
 Modes:
     http     (default) functional check, then the workloads (wrk; ws_client.py for ws-echo)
+    targets  issue 6's targets: the workloads they need with sleipnir, uvicorn, Granian (and
+             hypercorn for HTTP/2), one TARGETS table, and targets.png (bench/plot.py)
     check    functional check only: one GET / POST of each kind per server, no load
     setup    install wrk and the bench venv, print versions
     list     server presets and workloads
+    plot     [RESULTS_DIR] draw targets.png from a targets run (default: the newest)
 
 The harness needs only the standard library. It installs what it runs: wrk via apt if missing,
 and a venv ($BENCH_WORK/venv) with the pinned requirements.txt and sleipnir from this checkout
@@ -40,7 +43,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +76,9 @@ class Preset:
     # takes uvicorn's --ws flag: WebSocket workloads append `--ws <--ws option>` to its command
     ws_flag: bool = False
     h2: bool = False  # serves HTTP/2 with prior knowledge on the same port (the h2 workload)
+    # the preset that runs this server on its pure-Python path (h11 + asyncio), for the
+    # pure-Python workloads; "" if it has none
+    pure: str = ""
 
 
 PRESETS: dict[str, Preset] = {
@@ -82,20 +88,26 @@ PRESETS: dict[str, Preset] = {
         "this checkout, httptools + uvloop",
         ws_flag=True,
         h2=True,
+        pure="sleipnir-h11",
     ),
     "uvicorn-httptools-uvloop": Preset(
         "{bin}/uvicorn " + COMMON + " --http httptools --loop uvloop",
         note="baseline",
         ws_flag=True,
+        pure="uvicorn-h11-asyncio",
     ),
     "sleipnir-h11": Preset(
         "{bin}/sleipnir " + COMMON + " --http h11 --loop asyncio",
         frozenset({"base", "sleipnir"}),
         "pure-Python parser and loop",
         ws_flag=True,
+        pure="sleipnir-h11",
     ),
     "uvicorn-h11-asyncio": Preset(
-        "{bin}/uvicorn " + COMMON + " --http h11 --loop asyncio", ws_flag=True
+        "{bin}/uvicorn " + COMMON + " --http h11 --loop asyncio",
+        note="baseline of the pure-Python workloads",
+        ws_flag=True,
+        pure="uvicorn-h11-asyncio",
     ),
     "granian-1core": Preset(
         "{bin}/granian {app} --interface asgi --host {host} --port {port} --no-access-log"
@@ -119,11 +131,13 @@ REQUIREMENT_FILES = {
     "base": ["-r", str(BENCH_DIR / "requirements.txt")],
     "peers": ["-r", str(BENCH_DIR / "requirements-peers.txt")],
     "sleipnir": ["-e", f"{REPO}[standard]", "-c", str(BENCH_DIR / "requirements.txt")],
+    "plot": ["-r", str(BENCH_DIR / "requirements-plot.txt")],  # bench/plot.py only
 }
 STAMP_INPUTS = {
     "base": [BENCH_DIR / "requirements.txt"],
     "peers": [BENCH_DIR / "requirements-peers.txt"],
     "sleipnir": [REPO / "pyproject.toml"],
+    "plot": [BENCH_DIR / "requirements-plot.txt"],
 }
 
 
@@ -140,6 +154,8 @@ class Workload:
     ws_size: int = 0  # > 0: a WebSocket echo workload, messages of this many bytes
     h2_streams: int = 0  # > 0: HTTP/2 with h2load, this many concurrent streams per connection
     baseline: str = ""  # compare with this preset instead of --baseline (if it runs)
+    pure_python: bool = False  # each server runs as its `Preset.pure` (none: skipped)
+    startup: bool = False  # no load: STARTS_PER_ROUND timed starts (spawn to first 200)
 
     @property
     def unit(self) -> str:
@@ -149,6 +165,14 @@ class Workload:
     def client(self) -> str:
         return "client" if self.ws_size else "h2load" if self.h2_streams else "wrk"
 
+    def accepts(self, preset: Preset) -> str:
+        """Why `preset` cannot run this workload, or "" if it can."""
+        if self.h2_streams and not preset.h2:
+            return "no HTTP/2"
+        if self.pure_python and not preset.pure:
+            return "no pure-Python mode"
+        return ""
+
 
 WORKLOADS: dict[str, Workload] = {
     "plaintext": Workload("apps:plaintext", 64, "GET, 13-byte text/plain"),
@@ -157,6 +181,9 @@ WORKLOADS: dict[str, Workload] = {
     "large-1m": Workload("apps:large", 16, "GET, 1 MiB response"),
     "pipeline16": Workload(
         "apps:plaintext", 64, "plaintext, 16 requests per write", "pipeline.lua", ("16",)
+    ),
+    "stream-100": Workload(
+        "apps:stream", 64, "GET, 100 body messages of 64 bytes, chunked: 6,400-byte body"
     ),
     "h2": Workload(
         "apps:plaintext",
@@ -171,7 +198,17 @@ WORKLOADS: dict[str, Workload] = {
         "WebSocket echo, 64-byte text, one message in flight per connection",
         ws_size=64,
     ),
+    "plaintext-h11": Workload(
+        "apps:plaintext",
+        64,
+        "plaintext on the pure-Python path: --http h11 --loop asyncio",
+        baseline="uvicorn-h11-asyncio",
+        pure_python=True,
+    ),
+    "startup": Workload("apps:plaintext", 0, "spawn to the first 200 of GET /", startup=True),
 }
+STARTS_PER_ROUND = 5  # timed starts of each server per round in the startup workload
+READY_POLL_S = 0.002  # wait_ready's pause between connect + GET attempts
 WS_IMPLS = ("websockets", "wsproto")
 
 LIVE: dict[int, subprocess.Popen[bytes]] = {}  # every server still running, killed at exit
@@ -412,7 +449,7 @@ class Server:
                         return time.perf_counter() - self.t0
             except OSError:
                 pass
-            time.sleep(0.01)
+            time.sleep(READY_POLL_S)
         raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s: {self.log_tail()}")
 
     def log_tail(self, lines: int = 5) -> str:
@@ -466,6 +503,10 @@ def kill_all_live() -> None:
 # --------------------------------------------------------------------------------------------
 # Functional check: one request of each kind, so a broken server fails before any load
 # --------------------------------------------------------------------------------------------
+# apps.STREAM_BODY (the harness does not import the apps): chunk i is "NN" + 61 "-" + "\n"
+STREAM_BODY = b"".join(b"%02d" % i + b"-" * 61 + b"\n" for i in range(100))
+
+
 def check_server(name: str, preset: Preset, out_dir: Path) -> dict[str, str]:
     """Starts the server with apps:router; returns {check: "ok" | "FAIL ..."}."""
     srv = Server(name, preset, "apps:router", out_dir).start()
@@ -494,6 +535,7 @@ def check_server(name: str, preset: Preset, out_dir: Path) -> dict[str, str]:
         ),
         "POST echo 4k": (lambda: request("POST", "/echo", echo_body), lambda b: b == echo_body),
         "GET large 1m": (lambda: request("GET", "/large"), lambda b: b == b"x" * 1048576),
+        "GET stream 100": (lambda: request("GET", "/stream"), lambda b: b == STREAM_BODY),
     }
 
     def verdict(call: Callable[[], tuple[int, bytes]], body_ok: Callable[[bytes], bool]) -> str:
@@ -535,7 +577,14 @@ def check_pipelined(port: int, depth: int) -> str:
 def run_checks(names: Sequence[str], out_dir: Path) -> tuple[bool, list[str]]:
     all_ok = True
     md = ["### Functional check (apps:router)", ""]
-    cols = ["GET plaintext", "GET json", "POST echo 4k", "GET large 1m", "pipelined x16"]
+    cols = [
+        "GET plaintext",
+        "GET json",
+        "POST echo 4k",
+        "GET large 1m",
+        "GET stream 100",
+        "pipelined x16",
+    ]
     rows: list[tuple[str, dict[str, str]]] = []
     for name in names:
         res = check_server(name, PRESETS[name], out_dir)
@@ -647,6 +696,8 @@ def parse_h2load(out: str) -> dict[str, Any]:
 def measure(
     name: str, preset: Preset, w: Workload, args: argparse.Namespace, out_dir: Path
 ) -> dict[str, Any]:
+    if w.startup:
+        return measure_startup(name, preset, w, out_dir)
     if w.ws_size:
         return measure_ws(name, preset, w, args, out_dir)
     argv_for, parse = (h2load_argv, parse_h2load) if w.h2_streams else (wrk_argv, parse_wrk)
@@ -726,6 +777,26 @@ def measure_ws(
         srv.stop()
 
 
+def measure_startup(name: str, preset: Preset, w: Workload, out_dir: Path) -> dict[str, Any]:
+    """STARTS_PER_ROUND starts, one after the other: ms from spawning the process (taskset, the
+    interpreter, imports, binding) to the first 200 of `GET /`, polled every READY_POLL_S."""
+    times: list[float] = []
+    rss: list[float] = []
+    for _ in range(STARTS_PER_ROUND):
+        srv = Server(name, preset, w.app, out_dir).start()
+        try:
+            times.append(1000 * srv.wait_ready())
+            rss.append(srv.peak_rss_mib())
+        finally:
+            srv.stop()
+    return {
+        "startup_ms": round(statistics.median(times), 1),
+        "startup_min_ms": round(min(times), 1),
+        "startup_max_ms": round(max(times), 1),
+        "rss_mib": round(statistics.median(rss), 1),  # right after the first response
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # Reporting
 # --------------------------------------------------------------------------------------------
@@ -773,6 +844,7 @@ def workload_table(
     base: str,
     unit: str = "req",
     client: str = "wrk",
+    notes: Sequence[str] = (),
 ) -> str:
     head = ["server"]
     for template, _, _, with_ratio in COLUMNS:
@@ -787,19 +859,89 @@ def workload_table(
             if with_ratio:
                 cells.append(fmt(ratio(runs, name, base, key), 2))
         lines.append("| " + " | ".join(cells) + " |")
-    errors = [f"{n} r{rnd + 1}: {res['error'][:200]!r}" for rnd, n, res in runs if "error" in res]
-    lines += ["", *(f"- error: {e}" for e in errors)] if errors else []
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + table_notes(runs, notes)) + "\n"
 
 
-def summary_table(all_runs: dict[str, list[Run]], names: Sequence[str], base: str) -> str:
-    wl = list(all_runs)
+def table_notes(runs: list[Run], notes: Sequence[str]) -> list[str]:
+    errors = [
+        f"error: {n} r{rnd + 1}: {res['error'][:200]!r}" for rnd, n, res in runs if "error" in res
+    ]
+    extra = [*notes, *errors]
+    return ["", *(f"- {e}" for e in extra)] if extra else []
+
+
+def startup_table(
+    title: str, runs: list[Run], names: Sequence[str], base: str, notes: Sequence[str] = ()
+) -> str:
+    head = [
+        "server",
+        "median start-up ms",
+        "vs base",
+        "fastest ms",
+        "slowest ms",
+        "peak RSS MiB at the first 200",
+        "vs base",
+    ]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for name in names:
+        results = [res for _, n, res in runs if n == name]
+        mins = [float(r["startup_min_ms"]) for r in results if "startup_min_ms" in r]
+        maxs = [float(r["startup_max_ms"]) for r in results if "startup_max_ms" in r]
+        cells = [
+            name,
+            fmt(median(r.get("startup_ms") for r in results), 1),
+            fmt(ratio(runs, name, base, "startup_ms"), 2),
+            fmt(min(mins) if mins else None, 1),
+            fmt(max(maxs) if maxs else None, 1),
+            fmt(median(r.get("rss_mib") for r in results), 1),
+            fmt(ratio(runs, name, base, "rss_mib"), 2),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + table_notes(runs, notes)) + "\n"
+
+
+@dataclass
+class Plan:
+    """Who runs one workload: presets in run order, the baseline, who stands for whom."""
+
+    servers: list[str]
+    base: str
+    alias: dict[str, str]  # selected server -> the preset that runs for it here
+    skipped: dict[str, str]  # selected server -> why it does not run here
+
+    @property
+    def notes(self) -> list[str]:
+        return [f"{n} skipped: {why}" for n, why in self.skipped.items()]
+
+
+def plan_workload(wname: str, names: Sequence[str], base: str) -> Plan:
+    """Pure-Python workloads run each server as its `Preset.pure`; the h2 workload only the
+    presets that serve HTTP/2. The baseline is the workload's own if it runs, else `base` (or
+    whatever stands for it), else the first server."""
+    w = WORKLOADS[wname]
+    alias: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    for n in names:
+        why = w.accepts(PRESETS[n])
+        if why:
+            skipped[n] = why
+            continue
+        run = PRESETS[n].pure if w.pure_python else n
+        if run not in alias.values():  # sleipnir and sleipnir-h11 both selected: run it once
+            alias[n] = run
+    servers = list(alias.values())
+    w_base = w.baseline if w.baseline in servers else alias.get(base, base)
+    if w_base not in servers and servers:
+        w_base = servers[0]
+    return Plan(servers, w_base, alias, skipped)
+
+
+def summary_table(
+    all_runs: dict[str, list[Run]], plans: dict[str, Plan], names: Sequence[str], base: str
+) -> str:
+    wl = [w for w in all_runs if not WORKLOADS[w].startup]
     ws = [w for w in wl if WORKLOADS[w].ws_size]
-    bases = {}
-    for w in wl:
-        ran = {n for _, n, _ in all_runs[w]}
-        bases[w] = WORKLOADS[w].baseline if WORKLOADS[w].baseline in ran else base
-    other = [f"{w} to {b}" for w, b in bases.items() if b != base]
+    other = [f"{w} to {plans[w].base}" for w in wl if plans[w].base != base]
     lines = [
         f"### Summary: ratio to {base}, req/s (req per server-CPU-s)"
         + (f"; messages, not requests, for {', '.join(ws)}" if ws else "")
@@ -809,13 +951,180 @@ def summary_table(all_runs: dict[str, list[Run]], names: Sequence[str], base: st
         "|---" * (len(wl) + 1) + "|",
     ]
     for name in names:
-        cells = [
-            f"{fmt(ratio(all_runs[w], name, bases[w], 'rps'), 2)} "
-            f"({fmt(ratio(all_runs[w], name, bases[w], 'per_cpu'), 2)})"
-            for w in wl
-        ]
+        cells = []
+        for w in wl:
+            run, b = plans[w].alias.get(name, ""), plans[w].base
+            if run:
+                rps, per_cpu = (ratio(all_runs[w], run, b, k) for k in ("rps", "per_cpu"))
+                cells.append(f"{fmt(rps, 2)} ({fmt(per_cpu, 2)})")
+            else:  # n/a: cannot run it; empty: not selected for it (targets mode)
+                cells.append("n/a" if name in plans[w].skipped else "")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 6's targets (`bench/run targets`): each one is a workload's metric, as the median of
+# the per-round ratios to the workload's baseline, against a threshold
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    what: str
+    workload: str  # "": the worst (highest) ratio over the workloads measured against BASELINE
+    key: str  # result key: rps, per_cpu, p99_ms, rss_mib, startup_ms
+    threshold: float
+    higher: bool = True  # holds when value >= threshold (else <=)
+    absolute: bool = False  # the threshold is on the median itself (ms), not on a ratio
+
+
+TARGETS = [
+    Target("plaintext, 64 conns: req/s", "plaintext", "rps", 1.6),
+    Target("plaintext, 64 conns: req per server-CPU-s", "plaintext", "per_cpu", 2.0),
+    Target("plaintext, 64 conns: p99 latency", "plaintext", "p99_ms", 1.0, higher=False),
+    Target("pipelined x16: req/s", "pipeline16", "rps", 4.0),
+    Target("4 KiB POST echo: req/s", "echo-4k", "rps", 1.3),
+    Target("1 MiB response: req/s", "large-1m", "rps", 1.2),
+    Target("streaming 100 x 64 B chunks: req/s", "stream-100", "rps", 1.3),
+    Target("WebSocket echo, 32 conns: msg/s", "ws-echo", "rps", 1.5),
+    Target("HTTP/2, h2load -c16 -m16: req per server-CPU-s", "h2", "per_cpu", 5.0),
+    Target("pure Python (h11 + asyncio) plaintext: req/s", "plaintext-h11", "rps", 1.5),
+    Target("peak RSS (worst workload)", "", "rss_mib", 1.0, higher=False),
+    Target("start-up: spawn to first 200, ms", "startup", "startup_ms", 200, False, True),
+]
+TARGET_SUBJECT = "sleipnir"
+TARGET_PEERS = ("granian-1core", "hypercorn-uvloop")  # their columns in the TARGETS table
+TARGET_SERVERS = ["sleipnir", BASELINE, "granian-1core", "hypercorn-uvloop"]
+TARGET_ONLY = {"hypercorn-uvloop": {"h2"}}  # in targets mode, runs only in these workloads
+# run order: start-up first (short, and it tells at once if a server is broken)
+TARGET_WORKLOADS = [
+    "startup",
+    *dict.fromkeys(t.workload for t in TARGETS if t.workload not in ("", "startup")),
+]
+UNITS = {
+    "rps": " {unit}/s",
+    "per_cpu": " {unit}/server-CPU-s",
+    "p99_ms": " ms",
+    "rss_mib": " MiB",
+    "startup_ms": " ms",
+}
+
+
+def evaluate_targets(
+    all_runs: dict[str, list[Run]], plans: dict[str, Plan], base: str
+) -> list[dict[str, Any]]:
+    """One dict per target: each server's value (ratio, or ms for an absolute target), the
+    medians behind sleipnir's, and whether it holds (None: not measured)."""
+    rows: list[dict[str, Any]] = []
+    servers = (TARGET_SUBJECT, *TARGET_PEERS)
+    for t in TARGETS:
+        row: dict[str, Any] = {
+            "target": t.what,
+            "workload": t.workload,
+            "key": t.key,
+            "threshold": t.threshold,
+            "higher": t.higher,
+            "absolute": t.absolute,
+            "vs": None,
+            "values": {},  # server -> ratio (ms if absolute); None: ran, no number
+            "medians": {},  # sleipnir's and the baseline's medians of `key`
+            "skipped": {},  # server -> why it cannot run this workload
+            "runs_as": {},  # server -> the preset that ran for it, where another one did
+            "holds": None,
+        }
+        if t.workload:
+            wls = [t.workload] if t.workload in all_runs else []
+        else:  # the worst over every workload both sides ran against BASELINE
+            wls = [w for w in all_runs if plans[w].base == base and not WORKLOADS[w].startup]
+        row["workloads"] = wls
+        if not wls:
+            rows.append(row)
+            continue
+        row["vs"] = plans[wls[0]].base
+        row["unit"] = UNITS[t.key].format(unit=WORKLOADS[wls[0]].unit)
+        worst: dict[str, str] = {}
+        for n in servers:
+            for w in wls:
+                plan, runs = plans[w], all_runs[w]
+                if n in plan.skipped:
+                    row["skipped"][n] = plan.skipped[n]
+                if n not in plan.alias:
+                    continue
+                run = plan.alias[n]
+                if run != n:
+                    row["runs_as"][n] = run
+                if t.absolute:
+                    v = median(res.get(t.key) for _, m, res in runs if m == run)
+                else:
+                    v = ratio(runs, run, plan.base, t.key)
+                old = row["values"].get(n)
+                if n not in row["values"] or (v is not None and (old is None or v > old)):
+                    row["values"][n] = v
+                    worst[n] = w
+        w = worst.get(TARGET_SUBJECT, wls[0])
+        row["worst_workload"] = w if not t.workload else None
+        for n in (plans[w].alias.get(TARGET_SUBJECT, ""), plans[w].base):
+            if n:
+                row["medians"][n] = median(res.get(t.key) for _, m, res in all_runs[w] if m == n)
+        v = row["values"].get(TARGET_SUBJECT)
+        if v is not None:
+            row["holds"] = v >= t.threshold if t.higher else v <= t.threshold
+        rows.append(row)
+    return rows
+
+
+def targets_table(rows: list[dict[str, Any]], header: str) -> str:
+    head = [
+        "target",
+        "vs",
+        "threshold",
+        TARGET_SUBJECT,
+        *TARGET_PEERS,
+        f"medians: {TARGET_SUBJECT} / vs",
+        "result",
+    ]
+    lines = [f"### TARGETS {header}", "", "| " + " | ".join(head) + " |"]
+    lines.append("|---" * len(head) + "|")
+    notes: list[str] = []
+    for row in rows:
+        unit = row.get("unit", "")
+        nd = 1 if row["key"] in ("p99_ms", "rss_mib") else 0
+        op = ">=" if row["higher"] else "<="
+
+        def cell(n: str, row: dict[str, Any] = row, unit: str = unit) -> str:
+            if n in row["values"]:
+                v = row["values"][n]
+                return f"{fmt(v, 0)}{unit}" if row["absolute"] and v is not None else fmt(v, 2)
+            return "n/a" if n in row["skipped"] else ""
+
+        meds = [row["medians"][m] for m in row["medians"]]
+        medians = " / ".join(fmt(m, nd) for m in meds) + unit if meds else ""
+        if row.get("worst_workload"):
+            medians += f" ({row['worst_workload']})"
+        result = {True: "holds", False: "**misses**", None: "not measured"}[row["holds"]]
+        thr = row["threshold"]
+        threshold = f"{op} {thr:g}{unit}" if row["absolute"] else f"{op} {thr:.1f}"
+        cells = [
+            row["target"],
+            row["vs"] or "-",
+            threshold,
+            *(cell(n) for n in (TARGET_SUBJECT, *TARGET_PEERS)),
+            medians,
+            result,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+        where = row["workload"] or "peak RSS"
+        new = [f"{where}: {n} has {why}" for n, why in row["skipped"].items()]
+        new += [f"{where}: {n} ran as {p}" for n, p in row["runs_as"].items()]
+        notes += [n for n in new if n not in notes]
+    notes += [
+        "Ratios are medians of per-round ratios to the `vs` server (higher is better for "
+        "req/s, msg/s and req per server-CPU-s; lower for p99 and RSS); start-up is the median "
+        f"of {STARTS_PER_ROUND} starts per round, in ms, against the absolute limit.",
+        "Peak RSS: the highest of each server's per-workload RSS ratios over the workloads "
+        "measured against uvicorn (all but h2 and plaintext-h11; the workload is named).",
+        "Empty cell: the server is not part of that workload (hypercorn runs only for h2).",
+    ]
+    return "\n".join([*lines, "", *(f"- {n}" for n in notes)]) + "\n"
 
 
 # --------------------------------------------------------------------------------------------
@@ -826,14 +1135,18 @@ def select_servers(args: argparse.Namespace) -> list[str]:
             sys.exit(f"--server expects NAME='command template', got {spec!r}")
         base = PRESETS.get(name)
         needs = base.needs if base else frozenset({"base", "sleipnir", "peers"})
-        PRESETS[name] = Preset(cmd, needs, "from --server")
+        # used as given in every workload, the pure-Python ones too
+        PRESETS[name] = Preset(cmd, needs, "from --server", pure=name)
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
     unknown = [n for n in names if n not in PRESETS]
     if unknown:
         sys.exit(f"unknown servers {unknown}; known: {', '.join(PRESETS)}")
     if args.aa:  # A/A control: a second copy of the baseline; its ratio is the noise floor
         src = args.baseline if args.baseline in names else names[0]
-        PRESETS[src + "-AA"] = PRESETS[src]
+        pure = PRESETS[src].pure
+        if pure:  # its pure-Python stand-in gets its own copy too
+            PRESETS[pure + "-AA"] = replace(PRESETS[pure], pure=pure + "-AA")
+        PRESETS[src + "-AA"] = replace(PRESETS[src], pure=pure and pure + "-AA")
         names.append(src + "-AA")
     return names
 
@@ -852,11 +1165,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("mode", nargs="?", default="http", choices=["http", "check", "setup", "list"])
+    ap.add_argument(
+        "mode",
+        nargs="?",
+        default="http",
+        choices=["http", "targets", "check", "setup", "list", "plot"],
+    )
+    ap.add_argument(
+        "results_dir",
+        nargs="?",
+        type=Path,
+        help="plot mode: the results folder of a targets run (default: the newest)",
+    )
     ap.add_argument(
         "--servers",
-        default=",".join(DEFAULT_SERVERS),
-        help="comma-separated presets, in run order (default: %(default)s; see `list`)",
+        help="comma-separated presets, in run order (default: "
+        f"{','.join(DEFAULT_SERVERS)}; targets mode: {','.join(TARGET_SERVERS)}; see `list`)",
     )
     ap.add_argument(
         "--server",
@@ -870,8 +1194,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "-w",
         "--workloads",
-        default=",".join(w for w in WORKLOADS if w != "h2"),
-        help="comma-separated workloads (default: %(default)s; h2 compares with hypercorn: "
+        help="comma-separated workloads (default: all but h2; targets mode: "
+        f"{','.join(TARGET_WORKLOADS)}; h2 compares with hypercorn: "
         "-w h2 --servers sleipnir,hypercorn-uvloop)",
     )
     ap.add_argument("-d", "--duration", type=float, default=5.0, help="seconds of measured load")
@@ -888,10 +1212,79 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-check", action="store_true", help="skip the functional check")
     ap.add_argument("--no-setup", action="store_true", help="do not install anything")
     ap.add_argument("--out", type=Path, help="results dir (default bench/results/<timestamp>)")
+    ap.add_argument("--png", type=Path, help="targets and plot modes: where to write the plot")
     args = ap.parse_args(argv)
     if not 0 < args.duration <= 120 or args.rounds < 1:
         ap.error("need 0 < --duration <= 120 and --rounds >= 1")
+    if args.results_dir and args.mode != "plot":
+        ap.error(f"unexpected argument {args.results_dir} (a results folder is for `plot`)")
+    targets = args.mode == "targets"
+    args.servers = args.servers or ",".join(TARGET_SERVERS if targets else DEFAULT_SERVERS)
+    default_wl = TARGET_WORKLOADS if targets else [w for w in WORKLOADS if w != "h2"]
+    args.workloads = args.workloads or ",".join(default_wl)
     return args
+
+
+def newest_targets_run() -> Path | None:
+    """The newest folder in bench/results whose results.json has a TARGETS evaluation."""
+    for path in sorted((BENCH_DIR / "results").glob("*/results.json"), reverse=True):
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(path.read_text()).get("targets"):
+                return path.parent
+    return None
+
+
+def plot(results_dir: Path | None, png: Path | None, setup: bool) -> int:
+    """Runs bench/plot.py with the bench venv's Python (matplotlib is installed there)."""
+    results_dir = results_dir or newest_targets_run()
+    if results_dir is None:
+        log("[plot] no targets run in bench/results: run `bench/run targets` first")
+        return 1
+    if not (results_dir / "results.json").is_file():
+        log(f"[plot] no results.json in {results_dir}")
+        return 1
+    if setup:
+        ensure_venv({"plot"})
+    argv = [str(VBIN / "python"), str(BENCH_DIR / "plot.py"), str(results_dir)]
+    return subprocess.run([*argv, *(["-o", str(png)] if png else [])]).returncode
+
+
+def describe(res: dict[str, Any], w: Workload) -> str:
+    """The log line of one measurement."""
+    if "error" in res:
+        return f"ERROR {res['error'][:200]!r}"
+    if w.startup:
+        return (
+            f"start-up {fmt(res.get('startup_ms'), 1)} ms (fastest {res.get('startup_min_ms')},"
+            f" slowest {res.get('startup_max_ms')})  rss {res.get('rss_mib')} MiB"
+        )
+    return (
+        f"{res['rps']:>10,.0f} {w.unit}/s  p99 {fmt(res.get('p99_ms'), 2)} ms"
+        f"  cpu {res.get('server_cpu_pct')}%  rss {res.get('rss_mib')} MiB"
+    )
+
+
+def title_of(wname: str, args: argparse.Namespace, plan: Plan, base: str) -> str:
+    w = WORKLOADS[wname]
+    conns = args.conns or w.conns
+    vs = f", ratios to {plan.base}" if plan.base != base else ""
+    if w.startup:
+        return (
+            f"{wname}: {w.app}, {STARTS_PER_ROUND} starts per server per round, "
+            f"GET / polled every {READY_POLL_S * 1000:g} ms{vs} ({w.what})"
+        )
+    if w.ws_size:
+        return (
+            f"{wname}: {w.app}, ws_client.py --conns {conns} --size {w.ws_size}"
+            f" -d{args.duration:g}s, --ws {args.ws}{vs} ({w.what})"
+        )
+    if w.h2_streams:
+        return (
+            f"{wname}: {w.app}, h2load -t1 -c{conns} -m{w.h2_streams}"
+            f" -D{round(args.duration)}{vs} ({w.what})"
+        )
+    lua = f", {w.lua} {' '.join(w.lua_args)}" if w.lua else ""
+    return f"{wname}: {w.app}, wrk -t1 -c{conns} -d{round(args.duration)}s{lua}{vs} ({w.what})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -902,18 +1295,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nworkloads:")
         for name, w in WORKLOADS.items():
             lua = f" -s lua/{w.lua} -- {' '.join(w.lua_args)}" if w.lua else ""
-            load = f"ws_client.py --conns {w.conns} --size {w.ws_size}" if w.ws_size else ""
-            load = load or f"wrk -c{w.conns}{lua}"
-            print(f"  {name:12} {w.app:16} {load}  ({w.what})")
+            load = f"wrk -c{w.conns}{lua}"
+            if w.ws_size:
+                load = f"ws_client.py --conns {w.conns} --size {w.ws_size}"
+            elif w.h2_streams:
+                load = f"h2load -c{w.conns} -m{w.h2_streams}"
+            elif w.startup:
+                load = f"no load, {STARTS_PER_ROUND} starts per round"
+            if w.baseline:
+                load += f", ratios to {w.baseline}"
+            print(f"  {name:14} {w.app:16} {load}  ({w.what})")
         return 0
+    if args.mode == "plot":
+        return plot(args.results_dir, args.png, setup=not args.no_setup)
+    targets = args.mode == "targets"
     names = select_servers(args)
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
         sys.exit(f"unknown workloads {unknown}; known: {', '.join(WORKLOADS)}")
+    base = args.baseline if args.baseline in names else names[0]
+    plans: dict[str, Plan] = {}
+    for wname in workloads:
+        w_names = names
+        if targets:
+            w_names = [n for n in names if wname in TARGET_ONLY.get(n.removesuffix("-AA"), {wname})]
+        plans[wname] = plan_workload(wname, w_names, base)
+    # every preset that runs somewhere, in the order selected (pure-Python stand-ins after)
+    running = list(dict.fromkeys(n for p in plans.values() for n in p.servers))
+    running.sort(key=lambda n: names.index(n) if n in names else len(names))
     if not args.no_setup:
         ensure_tools()
-        ensure_venv(set().union(*(PRESETS[n].needs for n in names)))
+        needs = set().union(*(PRESETS[n].needs for n in running or names))
+        ensure_venv(needs | ({"plot"} if targets else set()))
     vers = versions()
     if args.mode == "setup":
         print(json.dumps(vers, indent=1))
@@ -923,17 +1337,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir: Path = args.out or BENCH_DIR / "results" / f"{stamp}-{args.mode}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    base = args.baseline if args.baseline in names else names[0]
+    header = (
+        f"commit {git_describe()}; D={args.duration:g}s warm-up={args.warmup:g}s R={args.rounds}; "
+        f"server on CPU {SERVER_CPU}, wrk on CPU {CLIENT_CPU}; load average "
+        f"{os.getloadavg()[0]:.2f} at start; {os.cpu_count()} CPUs"
+    )
     md = [
         f"## sleipnir benchmark {stamp} ({args.mode})",
         "",
-        f"commit {git_describe()}; D={args.duration:g}s warm-up={args.warmup:g}s R={args.rounds}; "
-        f"server on CPU {SERVER_CPU}, wrk on CPU {CLIENT_CPU}; load average "
-        f"{os.getloadavg()[0]:.2f} at start; {os.cpu_count()} CPUs",
+        header,
         "versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()),
         "",
     ]
-    record: dict[str, Any] = {"stamp": stamp, "args": vars(args), "versions": vers, "results": {}}
+    record: dict[str, Any] = {
+        "stamp": stamp,
+        "mode": args.mode,
+        "commit": git_describe(),
+        "args": vars(args),
+        "versions": vers,
+        "plans": {w: vars(p) for w, p in plans.items()},
+        "results": {},
+    }
 
     def save() -> None:
         (out_dir / "results.json").write_text(json.dumps(record, indent=1, default=str))
@@ -942,7 +1366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     all_runs: dict[str, list[Run]] = {}
     try:
         if args.mode == "check" or not args.no_check:
-            ok, table = run_checks([n for n in names if not n.endswith("-AA")], out_dir)
+            ok, table = run_checks([n for n in running if not n.endswith("-AA")], out_dir)
             md += table
             record["check_ok"] = ok
             print("\n".join(table), flush=True)
@@ -953,16 +1377,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.rounds < 3:
             log(f"[warn] {args.rounds} round(s): fine for a smoke run, too few to trust a ratio")
+        n_load = sum(len(plans[w].servers) for w in workloads if not WORKLOADS[w].startup)
+        est = args.rounds * n_load * (args.warmup + args.duration + 1.5)
+        log(f"[{args.mode}] {n_load} measurements per round: about {est / 60:.0f} min of load")
         for wname in workloads:
-            w = WORKLOADS[wname]
-            w_names = [n for n in names if PRESETS[n].h2 or not w.h2_streams]
-            w_base = w.baseline if w.baseline in w_names else base
-            skipped = [n for n in names if n not in w_names]
-            if skipped:
-                log(f"[{wname}] skipping {', '.join(skipped)}: no HTTP/2")
+            w, plan = WORKLOADS[wname], plans[wname]
+            for note in plan.notes:
+                log(f"[{wname}] {note}")
             runs: list[Run] = []
             for rnd in range(args.rounds):
-                for name in w_names:  # the same order every round: A B, A B, ...
+                for name in plan.servers:  # the same order every round: A B, A B, ...
                     t0 = time.perf_counter()
                     try:
                         res = measure(name, PRESETS[name], w, args, out_dir)
@@ -970,36 +1394,36 @@ def main(argv: Sequence[str] | None = None) -> int:
                         res = {"rps": 0.0, "error": str(e)[:500]}
                     runs.append((rnd, name, res))
                     log(
-                        f"[{wname} r{rnd + 1}/{args.rounds}] {name:26} {res['rps']:>10,.0f} "
-                        f"{w.unit}/s"
-                        f"  p99 {fmt(res.get('p99_ms'), 2)} ms  cpu {res.get('server_cpu_pct')}%"
-                        f"  rss {res.get('rss_mib')} MiB  ({time.perf_counter() - t0:.1f}s)"
-                        + (f"  ERROR {res['error'][:200]!r}" if "error" in res else "")
+                        f"[{wname} r{rnd + 1}/{args.rounds}] {name:26} {describe(res, w)}"
+                        f"  ({time.perf_counter() - t0:.1f}s)"
                     )
             all_runs[wname] = runs
             record["results"][wname] = [{"round": r, "server": n, **res} for r, n, res in runs]
-            conns = args.conns or w.conns
-            lua = f", {w.lua} {' '.join(w.lua_args)}" if w.lua else ""
-            title = f"{wname}: {w.app}, wrk -t1 -c{conns} -d{round(args.duration)}s{lua} ({w.what})"
-            if w.ws_size:
-                title = (
-                    f"{wname}: {w.app}, ws_client.py --conns {conns} --size {w.ws_size}"
-                    f" -d{args.duration:g}s, --ws {args.ws} ({w.what})"
+            title = title_of(wname, args, plan, base)
+            if w.startup:
+                md.append(startup_table(title, runs, plan.servers, plan.base, plan.notes))
+            else:
+                md.append(
+                    workload_table(
+                        title, runs, plan.servers, plan.base, w.unit, w.client, plan.notes
+                    )
                 )
-            elif w.h2_streams:
-                title = (
-                    f"{wname}: {w.app}, h2load -t1 -c{conns} -m{w.h2_streams}"
-                    f" -D{round(args.duration)}, ratios to {w_base} ({w.what})"
-                )
-            md.append(workload_table(title, runs, w_names, w_base, w.unit, w.client))
             print(md[-1], flush=True)
             save()
-        md.append(summary_table(all_runs, names, base))
+        md.append(summary_table(all_runs, plans, names, base))
         print(md[-1], flush=True)
+        if targets:
+            rows = evaluate_targets(all_runs, plans, base)
+            record["targets"] = rows
+            summary = targets_table(rows, f"(issue 6), {header}")
+            md.insert(5, summary)  # first in results.md, last on stdout
+            print(summary, flush=True)
     finally:
         kill_all_live()
         save()
         log(f"[done] {out_dir}/results.md and results.json (server logs beside them)")
+    if targets and plot(out_dir, args.png, setup=False):
+        log(f"[plot] failed: no targets.png (retry: bench/run plot {out_dir})")
     failed = [n for runs in all_runs.values() for _, n, res in runs if "error" in res]
     return 1 if failed else 0
 

@@ -10,7 +10,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from email.utils import parsedate_to_datetime
+from email.utils import formatdate, parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -19,6 +19,7 @@ import pytest
 from conftest import RunningServer, cli_server, run_server, wait_for
 from rawhttp import read_until_closed
 from sleipnir import Config
+from sleipnir.transport.clock import http_date
 from sleipnir.types import Receive, Scope, Send
 
 # RFC 9110 §5.6.7 IMF-fixdate, e.g. "Sun, 06 Nov 1994 08:49:37 GMT".
@@ -235,3 +236,9 @@ def test_app_headers_replace_the_defaults(
 def test_unsendable_configured_header_is_a_config_error(header: str) -> None:
     with pytest.raises(ValueError):
         Config(app, headers=[header])
+
+
+@pytest.mark.parametrize("now", [0.0, 784111777.0, 951782400.0, 1735689599.9, 4102444800.0])
+def test_http_date_is_the_imf_fixdate(now: float) -> None:
+    # 1970, 1994-11-06 (RFC 9110's example), a leap day, a year's last second, 2100
+    assert http_date(now) == formatdate(now, usegmt=True).encode()

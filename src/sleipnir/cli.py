@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
@@ -25,6 +24,8 @@ _TYPE_METAVARS: dict[type[Any], str] = {int: "INT", float: "FLOAT"}
 
 def version_line() -> str:
     """What `sleipnir --version` prints."""
+    import platform
+
     python = f"{platform.python_implementation()} {platform.python_version()}"
     return f"sleipnir {__version__} with {python} on {platform.system()}"
 

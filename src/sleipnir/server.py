@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import random
@@ -46,13 +47,13 @@ from sleipnir.transport.listen import BindError, bind_all, close_sockets, descri
 from sleipnir.transport.state import ServerState
 from sleipnir.transport.ws_protocol import WSSettings
 from sleipnir.wire.h1 import H1Limits
+from sleipnir.wire.h2_limits import H2Limits
 from sleipnir.wire.ws import WSLimits
 
 if TYPE_CHECKING:
     import ssl
 
     from sleipnir.config import Config
-    from sleipnir.wire.h2 import H2Limits
 
 logger = logging.getLogger("sleipnir.error")
 
@@ -410,9 +411,8 @@ def _ws_settings(config: Config) -> WSSettings | None:
         return None
     candidates = ("websockets", "wsproto") if kind == "auto" else (kind,)
     for name in candidates:
-        try:
-            __import__(name)
-        except ImportError:
+        # Found, not imported: the codec is loaded with the first WebSocket (wire/ws.py).
+        if importlib.util.find_spec(name) is None:
             continue
         limits = WSLimits(config.ws_max_size, config.ws_per_message_deflate)
         return WSSettings(
@@ -427,11 +427,10 @@ def _h2_limits(config: Config) -> H2Limits | None:
     """--http2: unset means on when h2 is installed; --http2 requires it."""
     if config.http2 is False:
         return None
-    try:
-        from sleipnir.wire.h2 import H2Limits
-    except ImportError:
+    # Found, not imported: h2 is loaded with the first HTTP/2 connection (H1Protocol._to_h2).
+    if importlib.util.find_spec("h2") is None:
         if config.http2:
-            raise StartupError("--http2 needs the h2 package: pip install h2") from None
+            raise StartupError("--http2 needs the h2 package: pip install h2")
         return None
     return H2Limits(
         max_concurrent_streams=config.h2_max_concurrent_streams,

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from sleipnir.middleware.proxy_headers import TrustedProxies
     from sleipnir.transport.clock import Clock
     from sleipnir.transport.ws_protocol import WSSettings
-    from sleipnir.wire.h2 import H2Limits
+    from sleipnir.wire.h2_limits import H2Limits
 
 logger = logging.getLogger("sleipnir.error")
 
