@@ -47,6 +47,7 @@ from multiprocessing.connection import Connection
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from sleipnir.systemd import Notifier
 from sleipnir.transport.listen import BindError, bind_all, close_sockets, describe, from_systemd
 
 if TYPE_CHECKING:
@@ -121,7 +122,8 @@ class Supervisor:
         self._restart_at: dict[int, float] = {}  # slot -> when a backed-off restart is due
         self._changes: list[str] = []  # --reload: changed files reported by the watcher thread
         self._watch_lock = threading.Lock()
-        self._notifier: Any = None
+        self._notifier: Notifier | None = None
+        self._watchdog_at = 0.0  # when systemd's watchdog is due (WATCHDOG=1)
 
     # Running ----------------------------------------------------------------------------------
 
@@ -138,8 +140,6 @@ class Supervisor:
         scheme = "https" if config.is_ssl else "http"
         for sock in self._sockets:
             logger.info("Sleipnir running on %s (Press CTRL+C to quit)", describe(sock, scheme))
-        from sleipnir.systemd import Notifier
-
         self._notifier = Notifier.from_env()
         watcher = None
         previous = self._install_signals()
@@ -455,8 +455,10 @@ class Supervisor:
             due = min(due, (worker.ping_sent + timeout) if worker.ping_sent else worker.next_ping)
         notifier = self._notifier
         if notifier is not None and notifier.watchdog_interval:
-            notifier.watchdog()
-            due = min(due, now + notifier.watchdog_interval)
+            if now >= self._watchdog_at:
+                notifier.watchdog()
+                self._watchdog_at = now + notifier.watchdog_interval
+            due = min(due, self._watchdog_at)
         return max(0.0, due - now)
 
     def _on_change(self, paths: list[str]) -> None:
