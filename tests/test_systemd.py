@@ -491,3 +491,33 @@ def test_sleipnir_notifies_ready_and_stopping(notify_path: tuple[socket.socket, 
         assert srv.wait(timeout=15) == 0
     finally:
         srv.stop()
+
+
+def test_supervisor_notifies_ready_watchdog_reloading_and_stopping(
+    notify_path: tuple[socket.socket, str],
+) -> None:
+    # With workers, the supervisor (systemd's main process) notifies: READY=1 once every worker
+    # is ready, WATCHDOG=1 at half of WATCHDOG_USEC, RELOADING=1 then READY=1 around a SIGHUP
+    # rolling restart, STOPPING=1 on SIGTERM. The workers say nothing (the variables are gone).
+    sock, path = notify_path
+    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
+    srv = start_cli(ECHO, "--port", "0", "--workers", "2", env=env)
+    try:
+
+        def wait_message(what: str) -> None:
+            while what not in received(sock).split("\n"):
+                pass
+
+        wait_message("READY=1")
+        srv.wait_output(r"Worker \[\d+\] ready[\s\S]*Worker \[\d+\] ready")
+        wait_message("WATCHDOG=1")
+        wait_message("WATCHDOG=1")
+        srv.proc.send_signal(signal.SIGHUP)
+        wait_message("RELOADING=1")
+        wait_message("READY=1")
+        srv.wait_output("Rolling restart complete")
+        srv.proc.send_signal(signal.SIGTERM)
+        wait_message("STOPPING=1")
+        assert srv.wait(timeout=30) == 0
+    finally:
+        srv.stop()
