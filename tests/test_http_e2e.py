@@ -468,3 +468,33 @@ def test_disconnect_when_the_client_closes_after_the_body(parser: str, how: str)
             arrived = done.wait(1)
         assert arrived, "no http.disconnect after the client closed"
     assert got == [{"type": "http.disconnect"}]
+
+
+@pytest.mark.parametrize("framing", ["chunked", "length"])
+def test_streamed_pieces_reach_the_client_while_the_app_waits(parser: str, framing: str) -> None:
+    # The pieces of a streamed body are gathered into one write per loop iteration: they must
+    # still go out as soon as the app suspends (server-sent events), not when it finishes.
+    gate = threading.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-length", b"200")] if framing == "length" else []
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for _ in range(50):
+            await send({"type": "http.response.body", "body": b"ab", "more_body": True})
+        await wait_gate(gate)  # released by the test once it has read the 50 pieces
+        await send({"type": "http.response.body", "body": b"cd" * 50})
+
+    with run_server(app, http=parser, lifespan="off") as srv, srv.connect() as sock:
+        sock.settimeout(5.0)
+        sock.sendall(request("GET", "/"))
+        data = b""
+        while data.count(b"ab") < 50:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        assert not gate.is_set() and b"cd" not in data
+        gate.set()
+        while data.count(b"cd") < 50:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk

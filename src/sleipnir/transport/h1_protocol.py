@@ -521,6 +521,13 @@ class H1Protocol(WriteFlow):
 
     def send_body(self, cycle: HTTPCycle, body: bytes, end: bool) -> None:
         framing = self._framing
+        if self._out is None and not end:
+            # A streamed body: the pieces an app sends before it next suspends go out in one
+            # write at the end of this loop iteration, not one system call each (100 chunks of
+            # 64 bytes: 1 write, not 100). Nothing waits longer: the loop runs the flush before
+            # it blocks, and _write flushes past 64 pieces or FLUSH_BYTES.
+            self._out = []
+            self._loop.call_soon(self._deferred_flush)
         if framing == w.FRAMING_CHUNKED:
             if len(body) > COPY_MAX_BYTES:
                 self._write_parts(_chunk_parts(body, end))
@@ -688,7 +695,8 @@ class H1Protocol(WriteFlow):
             self._out = []
 
     def _deferred_flush(self) -> None:
-        """Write gathered pipelined responses once a loop iteration completes none."""
+        """Write gathered pipelined responses once a loop iteration completes none (and the
+        pieces of a streamed body, the iteration after they were sent)."""
         if self._pipeline_progress and self.cycle is not None and self._out is not None:
             self._pipeline_progress = False
             self._loop.call_soon(self._deferred_flush)
