@@ -111,13 +111,12 @@ def startup_panel(ax: Any, row: dict[str, Any]) -> None:
         ax.bar(x, bars[n], color=COLORS.get(n, "#9a9a9a"), width=0.7)
         ax.text(x, bars[n] * 1.02, f"{bars[n]:.0f}", ha="center", va="bottom", fontsize=9)
     ax.axhline(row["threshold"], color="black", lw=2.5)
-    ax.text(-0.4, row["threshold"] * 1.02, f"limit {row['threshold']:g} ms", va="bottom")
     ax.set_xticks(range(len(names)), [LABELS.get(n, n).split(" (")[0] for n in names])
     top = max([row["threshold"], *(bars[n] for n in names)])
     ax.set_ylim(0, top * 1.25)
     ax.set_ylabel("ms, spawn to the first 200 (median)")
     word, color = verdict(row)
-    ax.set_title(f"start-up: {word}", color=color, fontsize=11)
+    ax.set_title(f"start-up, limit {row['threshold']:g} ms\n(black line): {word}", color=color)
     ax.grid(axis="y", color="#dddddd", lw=0.6)
     ax.set_axisbelow(True)
 
@@ -147,7 +146,7 @@ def draw(record: dict[str, Any], png: Path) -> None:
     fig.suptitle(
         "sleipnir against issue 6's targets: ratios to uvicorn 0.54 (httptools + uvloop) unless"
         f" named\ncommit {record.get('commit', '?')}, {record.get('stamp', '')}, medians over"
-        f" {args.get('rounds', '?')} alternating rounds of {args.get('duration', '?')} s",
+        f" {args.get('rounds', '?')} alternating round(s) of {args.get('duration', 0):g} s",
         fontsize=11,
         y=0.995,
     )

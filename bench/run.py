@@ -414,7 +414,15 @@ class Server:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(BENCH_DIR), env.get("PYTHONPATH", "")])
         env["PATH"] = os.pathsep.join([str(VBIN), env.get("PATH", "")])
-        for var in ("WEB_CONCURRENCY", "COVERAGE_PROCESS_START", "COVERAGE_PROCESS_CONFIG"):
+        # PYTHONDONTWRITEBYTECODE: let the first start cache the bytecode of this checkout's
+        # edited modules (pip compiled the others), as an install would, so that start-up
+        # does not time recompiling them
+        for var in (
+            "WEB_CONCURRENCY",
+            "COVERAGE_PROCESS_START",
+            "COVERAGE_PROCESS_CONFIG",
+            "PYTHONDONTWRITEBYTECODE",
+        ):
             env.pop(var, None)
         with open(self.log_path, "ab") as logf:
             logf.write(f"\n==== {dt.datetime.now().isoformat()} {shlex.join(self.argv)}\n".encode())
@@ -1410,8 +1418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             print(md[-1], flush=True)
             save()
-        md.append(summary_table(all_runs, plans, names, base))
-        print(md[-1], flush=True)
+        if any(not WORKLOADS[w].startup for w in all_runs):
+            md.append(summary_table(all_runs, plans, names, base))
+            print(md[-1], flush=True)
         if targets:
             rows = evaluate_targets(all_runs, plans, base)
             record["targets"] = rows
