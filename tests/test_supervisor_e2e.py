@@ -16,6 +16,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -406,3 +408,19 @@ def test_shutdown_delay_with_workers() -> None:
         )
         sup.log.expect(r"Stopping 2 worker\(s\)", 10.0)  # the delay ends by itself
         assert stop_supervisor(sup, timeout=30.0) == 0
+
+
+def test_the_supervisor_imports_no_protocol_code() -> None:
+    # The supervisor process loads the CLI, the settings, binding, systemd and the watcher: not
+    # the server, the protocols, the ASGI layer, asyncio or the protocol libraries.
+    code = (
+        "import sys, sleipnir.cli, sleipnir.main, sleipnir.supervisor, sleipnir.reload\n"
+        "prefixes = ('sleipnir.server', 'sleipnir.asgi', 'sleipnir.wire', 'asyncio', 'h2',\n"
+        "    'sleipnir.transport.h1', 'sleipnir.transport.h2', 'sleipnir.transport.ws',\n"
+        "    'websockets', 'wsproto', 'httptools', 'uvloop', 'h11')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(prefixes)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout
