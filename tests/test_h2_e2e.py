@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import select
@@ -72,6 +73,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     headers = [(b"content-type", b"text/plain")]
     if path == "/echo":
         out = bytes(body)
+    elif path == "/digest":  # a short answer to a long body
+        out = b"%d %s" % (len(body), hashlib.sha256(body).hexdigest().encode())
     elif path == "/big":
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         for _ in range(4):  # four sends of 256 KiB: each waits for window
@@ -696,20 +699,26 @@ def test_h2c_upgrade_with_a_body_scope(parser: str) -> None:
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_h2c_upgrade_with_a_body(loop: str, parser: str, tmp_path: Path) -> None:
-    """``curl --http2 -d @file``: h2c Upgrade on a POST; the echo comes back over HTTP/2."""
+    """``curl --http2 -d @file``: h2c Upgrade on a POST; the answer comes back over HTTP/2.
+
+    The answer is a digest of the body, not the body: curl 7.88 (Debian 12) gives up when more
+    than its 32 KiB buffer follows the 101 in one read ("connection buffer size is too small
+    to store data following HTTP Upgrade response header"), and a server that answers fast
+    enough makes that happen at random."""
     body = (b"0123456789abcdef" * (UPLOAD // 16))[:UPLOAD]
     path = tmp_path / "body"
     path.write_bytes(body)
     with run_server(app, loop=loop, http=parser) as srv:
         command = ["curl", "-s", "--http2", "--max-time", "10", "-w", " %{http_version}"]
         out = subprocess.run(
-            [*command, "-d", f"@{path}", srv.url + "/echo"],
+            [*command, "-d", f"@{path}", srv.url + "/digest"],
             capture_output=True,
             timeout=20,
         )
     if b"--http2" in out.stderr:  # pragma: no cover - curl without HTTP/2
         pytest.skip("curl without HTTP/2")
-    assert out.stdout == body + b" 2"
+    digest = hashlib.sha256(body).hexdigest().encode()
+    assert out.stdout == b"%d %s 2" % (len(body), digest)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
