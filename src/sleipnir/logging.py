@@ -333,10 +333,9 @@ def _handlers() -> Iterator[logging.Handler]:
                 yield handler
 
 
-def reopen_log_files() -> int:
+def reopen_log_files() -> None:
     """Reopen the files of every ``FileHandler`` on the root and sleipnir loggers (SIGUSR1,
-    after logrotate moved them away); returns how many. Safe from any thread."""
-    count = 0
+    after logrotate moved them away). Safe from any thread."""
     for handler in _handlers():
         if isinstance(handler, logging.FileHandler):
             handler.acquire()
@@ -345,10 +344,8 @@ def reopen_log_files() -> int:
                     handler.stream.flush()
                     handler.stream.close()
                     handler.stream = handler._open()
-                count += 1
             finally:
                 handler.release()
-    return count
 
 
 def _resolve_colours(use_colors: bool | None) -> None:

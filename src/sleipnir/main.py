@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from sleipnir.config import Config
     from sleipnir.types import ASGIApp
 
-STARTUP_FAILURE = 3
+STARTUP_FAILURE = 3  # the exit status of a server, supervisor or worker that could not start
 logger = logging.getLogger("sleipnir.error")
 
 

@@ -57,7 +57,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("sleipnir.error")
 
-STARTUP_FAILURE = 3
 MAIN_LOOP_TICK_S = 0.1  # how often should_exit (a plain attribute) is looked at
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

@@ -47,8 +47,17 @@ from multiprocessing.connection import Connection
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from sleipnir.main import STARTUP_FAILURE
 from sleipnir.systemd import Notifier
-from sleipnir.transport.listen import BindError, bind_all, close_sockets, describe, from_systemd
+from sleipnir.transport.listen import (
+    BindError,
+    BindSpec,
+    bind_all,
+    bind_socket,
+    close_sockets,
+    describe,
+    from_systemd,
+)
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -58,7 +67,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("sleipnir.error")
 
-STARTUP_FAILURE = 3
 TICK_S = 1.0  # the longest the supervisor sleeps: health checks are due at most this late
 CRASH_LIMIT = 5  # unexpected deaths per window before restarts back off
 CRASH_WINDOW_S = 10.0
@@ -532,19 +540,8 @@ def _reuse_port_twin(sock: socket.socket, backlog: int) -> socket.socket:
         socket.SOL_SOCKET, socket.SO_REUSEPORT
     ):
         return sock
-    twin = socket.socket(sock.family, socket.SOCK_STREAM)
-    try:
-        twin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        twin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if sock.family == socket.AF_INET6:
-            twin.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        twin.bind(sock.getsockname())
-        twin.listen(backlog)
-    except OSError:
-        twin.close()
-        raise
-    twin.setblocking(False)
-    return twin
+    host, port = sock.getsockname()[:2]
+    return bind_socket(BindSpec(host, port, None, None, backlog, reuse_port=True))
 
 
 # The worker side ---------------------------------------------------------------------------------
