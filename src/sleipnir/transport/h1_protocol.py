@@ -5,6 +5,10 @@ Invariants:
   ``_pipeline`` in arrival order and reading is paused until they are served (RFC 9112 §9.3.2).
   The queue is bounded by what one read delivered.
 - Responses of pipelined requests are gathered and written together.
+- A request's app runs without a task of its own when it can (docs/architecture.md, "Eager
+  requests"): its first step once the read that started it is parsed, with the connection's
+  runner as the current task, which goes on with it if it suspends; the runner runs one
+  request coroutine at a time, a request started while it is busy gets a task.
 - ``deadline`` is 0 while a request is being served; otherwise it is when the connection must
   go: the keep-alive timeout while idle, the request-header timeout while a head is arriving
   (slowloris), a short linger while closing after an unread body.
@@ -26,8 +30,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
+import types
+from asyncio.tasks import _enter_task, _leave_task
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any, cast
 
 from sleipnir.asgi.http_cycle import BODY_HIGH_WATER_BYTES, ASGIError, HTTPCycle, http_scope
@@ -57,12 +63,9 @@ _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # A fixed task name: left unnamed, every task formats "Task-<n>" when it is created.
 TASK_NAME = "sleipnir.request"
 
-# Not eager_start=True (3.12+): measured with uvloop on CPython 3.12.1, starting each request's
-# task eagerly cost about 25 % more CPU per request than the scheduled step it saves
-# (docs/architecture.md, "Design decisions").
-# 3.11+ takes the context as an argument: _start then calls asyncio.Task itself, one frame fewer
-# per request than going through _create_task.
-_TASK_TAKES_CONTEXT = sys.version_info >= (3, 11)
+# Eager requests run without a task each (H1Protocol._drive). A read carrying a long pipeline
+# runs this many of them, then lets the loop serve other connections before the rest.
+EAGER_BATCH = 64
 
 
 def _create_task(
@@ -80,6 +83,14 @@ def _create_task(
     if plain:  # pragma: no cover - Python 3.10
         return context.run(asyncio.Task, coro, loop=loop, name=TASK_NAME)
     return context.run(loop.create_task, coro)  # pragma: no cover - Python 3.10
+
+
+def _cancelling(task: asyncio.Task[None]) -> int:
+    """``task.cancelling()``: eager requests run on 3.11+ only, where tasks count the
+    cancellation requests they were not told to forget."""
+    if sys.version_info >= (3, 11):
+        return task.cancelling()
+    return 0  # pragma: no cover - Python 3.10 never runs eagerly
 
 
 def make_parser(kind: str, handler: Any, state: ServerState) -> H1Parser:
@@ -132,6 +143,15 @@ class H1Protocol(WriteFlow):
         self._h2_probe = False
         self._probe = b""
         self._h2c: H2Protocol | None = None  # took over after an h2c Upgrade request
+        # Eager requests (docs/architecture.md, "Eager requests"): a started request waits in
+        # _ready until the read being parsed, or the coroutine step being taken, is over.
+        self._eager = False
+        self._parsing = False  # in data_received
+        self._stepping = False  # a request coroutine is taking a step this connection drives
+        self._ready: HTTPCycle | None = None
+        self._runner: asyncio.Task[None] | None = None  # current task of the eager requests
+        self._runner_waiter: asyncio.Future[None] | None = None  # set while it is idle
+        self._handoff: tuple[Coroutine[Any, Any, None], contextvars.Context, Any] | None = None
 
     # asyncio.Protocol ------------------------------------------------------------------------
 
@@ -155,6 +175,10 @@ class H1Protocol(WriteFlow):
         self.deadline = self._head_base + timeout
         state.clock.connections.add(self)
         self._plain_tasks = self._loop.get_task_factory() is None
+        # (3.11+: the runner relies on Task.cancelling())
+        self._eager = self._plain_tasks and sys.version_info >= (3, 11)
+        if self._eager:
+            self._new_runner()
         self._context = contextvars.copy_context()  # the server's, not any request's
         if state.shutting_down:
             self.shutdown()  # accepted just before the listener closed: answer what it sends
@@ -167,6 +191,7 @@ class H1Protocol(WriteFlow):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        self._stop_runner()
         self._state.clock.connections.discard(self)
         if self.cycle is not None:
             self.cycle.connection_lost()
@@ -208,6 +233,7 @@ class H1Protocol(WriteFlow):
             self._head_timed = True
             base = self._head_base if self._head_base is not None else self._loop.time()
             self.deadline = base + self._state.timeout_request_header_s
+        self._parsing = True
         try:
             self.parser.feed(data)
         except H1Error as exc:
@@ -215,6 +241,10 @@ class H1Protocol(WriteFlow):
                 self._h2c.upgrade_failed(exc)
                 return
             self._fail_request(exc)
+        finally:
+            self._parsing = False
+        if self._ready is not None:
+            self._drive()  # the request this read started, now that all of it is parsed
 
     def _probe_h2(self, data: bytes) -> bytes:
         """Look for the HTTP/2 client preface (RFC 9113 §3.3) in the connection's first bytes,
@@ -276,6 +306,7 @@ class H1Protocol(WriteFlow):
         self._closing = True
         self.deadline = 0.0
         self._state.clock.connections.discard(self)
+        self._stop_runner()
 
     def _h2_connection(self) -> H2Protocol:
         from sleipnir.transport.h2_protocol import H2Protocol
@@ -368,6 +399,7 @@ class H1Protocol(WriteFlow):
         self.cycle = None
         self._ws = None
         state.clock.connections.discard(self)
+        self._stop_runner()
         conn.start(head, self.parser.take_held())
         return conn
 
@@ -408,26 +440,198 @@ class H1Protocol(WriteFlow):
             # Refuse before reading the body (RFC 9110 §15.5.14), then close.
             self._fail_request(H1Error(413, "declared request body larger than the limit"))
             return
-        # The app runs in a task of its own, so never before this read has been parsed: a
-        # framing error later in the same read is answered first. The task gets its own copy
-        # of the connection's starting context, wherever it is started from (a pipelined
-        # request is started from inside the previous request's task, whose variables must
-        # not leak into it), or an empty one with --reset-contextvars.
-        context = contextvars.Context() if state.reset_contextvars else self._context.copy()
         websocket = self._ws
         if websocket is not None and websocket.http is cycle:
             self._keep_alive = False  # a denial response ends the connection
-            task = _create_task(self._loop, websocket.run(), context, self._plain_tasks)
+            task = _create_task(
+                self._loop, websocket.run(), self._request_context(), self._plain_tasks
+            )
             websocket.task = task
             task.add_done_callback(state.tasks.discard)
-        elif _TASK_TAKES_CONTEXT and self._plain_tasks:  # the usual case, without a helper frame
-            # type-checked as 3.10, where Task has no context argument
-            cycle.task = task = asyncio.Task(  # type: ignore[call-arg]
-                cycle.run(), loop=self._loop, name=TASK_NAME, context=context
-            )
-        else:
+            state.tasks.add(task)
+        elif self._eager and (
+            self._stepping or (self._parsing and self._runner_waiter is not None)
+        ):
+            self._ready = cycle  # run by _drive or the runner once the parse or step is over
+        else:  # a custom task factory, or the runner is busy with an earlier request's app
+            context = self._request_context()
             cycle.task = task = _create_task(self._loop, cycle.run(), context, self._plain_tasks)
-        state.tasks.add(task)
+            state.tasks.add(task)
+
+    def _request_context(self) -> contextvars.Context:
+        """A request's context: a copy of the connection's starting context (never of the
+        context of the request before it, whose variables must not leak into it), or an
+        empty one with --reset-contextvars."""
+        return contextvars.Context() if self._state.reset_contextvars else self._context.copy()
+
+    # Eager requests ---------------------------------------------------------------------------
+
+    def _drive(self) -> None:
+        """Run the request the last read started, and each one its response lets start
+        (pipelined), without a task each: the first step of its coroutine runs here, with the
+        connection's runner as the current task; one that suspends goes on in the runner."""
+        runner = self._runner
+        waiter = self._runner_waiter
+        if runner is None or waiter is None:  # a runner that has not started yet
+            self._spawn_ready()
+            return
+        loop = self._loop
+        try:
+            _enter_task(loop, runner)
+        except RuntimeError:  # called from inside a task (not from the loop): never eager
+            self._spawn_ready()
+            return
+        if self._out is None:
+            # The responses are written once this loop iteration has read every connection
+            # that had data, as when each request was a task: writing each one as soon as it
+            # is made wakes the client for every response (about 3 us more kernel time per
+            # request at 64 connections, measured with perf).
+            self._out = []
+            loop.call_soon(self._deferred_flush)
+        try:
+            served = 0
+            while self._ready is not None:
+                if _cancelling(runner):  # an app cancelled it (and went on): not reused
+                    self._retire_runner(runner)
+                    return
+                if served == EAGER_BATCH:  # a long pipeline: let other connections in
+                    loop.call_soon(self._drive)
+                    return
+                served += 1
+                cycle = self._ready
+                self._ready = None
+                coro = cycle.run()
+                context = self._request_context()
+                self._stepping = True
+                try:
+                    yielded = context.run(coro.send, None)
+                except StopIteration:
+                    continue
+                except asyncio.CancelledError:
+                    continue  # the app raised it itself: a task would end quietly too
+                finally:
+                    self._stepping = False
+                # It suspended: the runner goes on with it.
+                cycle.task = runner
+                self._state.tasks.add(runner)
+                self._handoff = (coro, context, yielded)
+                self._runner_waiter = None
+                if not waiter.done():  # else the app cancelled the runner: it gets that
+                    waiter.set_result(None)
+                self._spawn_ready()  # its response let the next request start, but it goes on
+                return
+        finally:
+            _leave_task(loop, runner)
+
+    def _spawn_ready(self) -> None:
+        """The started request cannot run eagerly: give it a task of its own."""
+        cycle = self._ready
+        if cycle is not None:
+            self._ready = None
+            context = self._request_context()
+            cycle.task = task = _create_task(self._loop, cycle.run(), context, True)
+            self._state.tasks.add(task)
+
+    def _new_runner(self) -> None:
+        self._runner = _create_task(self._loop, self._run(), contextvars.Context(), True)
+
+    async def _run(self) -> None:
+        """The runner task: the current task of the connection's eager requests. It goes on
+        with a request coroutine that suspended in its eager step, then with the requests its
+        response let start, until the connection no longer needs it. A runner some app
+        cancelled is replaced (its count of cancellation requests would otherwise reach the
+        next request: asyncio.timeout and TaskGroup read it)."""
+        runner = self._runner
+        assert runner is not None
+        loop = self._loop
+        try:
+            while self._runner is runner:
+                waiter = self._runner_waiter = loop.create_future()
+                thrown: BaseException | None = None
+                try:
+                    await waiter
+                except asyncio.CancelledError as exc:
+                    thrown = exc  # cancelled during an eager step, by the app it ran
+                handoff = self._handoff
+                if handoff is None:
+                    if thrown is not None:
+                        self._retire_runner(runner)
+                    continue
+                self._handoff = None
+                await self._continue(*handoff, thrown)
+                while self._ready is not None and not _cancelling(runner):
+                    cycle = self._ready  # pipelined requests, as _drive runs them
+                    self._ready = None
+                    coro = cycle.run()
+                    context = self._request_context()
+                    self._stepping = True
+                    try:
+                        yielded = context.run(coro.send, None)
+                    except StopIteration:
+                        continue
+                    finally:
+                        self._stepping = False
+                    cycle.task = runner
+                    self._state.tasks.add(runner)
+                    self._spawn_ready()
+                    await self._continue(coro, context, yielded, None)
+                if _cancelling(runner):
+                    self._retire_runner(runner)
+        except BaseException:
+            self._retire_runner(runner)
+            raise
+
+    def _retire_runner(self, runner: asyncio.Task[None]) -> None:
+        """``runner`` serves no more requests; the next read's requests get a new one (tasks
+        of their own until it has started)."""
+        if self._runner is runner:
+            self._runner = None
+            self._runner_waiter = None
+            if not self._closing:
+                self._new_runner()
+        self._spawn_ready()
+
+    @types.coroutine
+    def _continue(
+        self,
+        coro: Coroutine[Any, Any, None],
+        context: contextvars.Context,
+        yielded: Any,
+        thrown: BaseException | None,
+    ) -> Generator[Any, None, None]:
+        """Step ``coro``, suspended at ``yielded`` (or to be thrown ``thrown`` first), to its
+        end inside the runner, each step in the request's ``context``: the runner sees the
+        futures the app awaits as its own (it wakes when they are done), and a cancellation
+        of the runner reaches the app."""
+        while True:
+            if thrown is None:
+                try:
+                    yield yielded  # a task resumes its coroutine with None, or throws into it
+                except GeneratorExit:
+                    coro.close()
+                    raise
+                except BaseException as exc:
+                    thrown = exc
+            self._stepping = True
+            try:
+                if thrown is None:
+                    yielded = context.run(coro.send, None)
+                else:
+                    yielded = context.run(coro.throw, thrown)
+            except StopIteration:
+                return
+            finally:
+                self._stepping = False
+            thrown = None
+            self._spawn_ready()  # its response let the next request start, but it goes on
+
+    def _stop_runner(self) -> None:
+        """The connection is done with HTTP/1.1: the runner ends once it is idle."""
+        self._runner = None
+        waiter = self._runner_waiter
+        self._runner_waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _service_unavailable(self, cycle: HTTPCycle) -> None:
         self.cycle = None

@@ -1,0 +1,232 @@
+"""Eager requests (docs/architecture.md, "Eager requests") over real sockets.
+
+An HTTP/1.1 request's coroutine takes its first step without a task of its own, with the
+connection's runner as the current task; one that suspends goes on in the runner. What an app
+can see of that must be what a task per request gives it: a current task (asyncio.timeout,
+anyio), a fresh context per request, a timeout that works in every request of a connection,
+the next request served while an earlier app goes on after its response, and pipelined
+responses in order however many there are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import sys
+from typing import Any
+
+import anyio
+import pytest
+
+from conftest import run_server, wait_for
+from rawhttp import RawConnection, request
+from sleipnir.transport.h1_protocol import EAGER_BATCH
+from sleipnir.types import Receive, Scope, Send
+
+VAR: contextvars.ContextVar[str] = contextvars.ContextVar("eager_test_var", default="unset")
+
+
+class Probe:
+    """What the apps saw, and the server's loop (to count its tasks from the test thread)."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.tasks: list[asyncio.Task[Any] | None] = []
+        self.release: asyncio.Event | None = None
+
+    def task_count(self) -> int:
+        """How many tasks the server's loop has besides its main one."""
+        loop = self.loop
+        assert loop is not None
+
+        async def count() -> int:
+            return len(asyncio.all_tasks()) - 2  # the server's main task and this one
+
+        return asyncio.run_coroutine_threadsafe(count(), loop).result(5)
+
+
+async def reply(send: Send, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def make_app(probe: Probe) -> Any:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        probe.loop = asyncio.get_running_loop()
+        path = scope["path"]
+        task = asyncio.current_task()
+        probe.tasks.append(task)
+        if path == "/task":
+            await reply(send, f"{task is not None} {anyio.get_current_task().id != 0}".encode())
+        elif path == "/anyio":
+            # A cancel scope that expires, and a task group: anyio needs the current task.
+            with anyio.move_on_after(0.01) as scope_:
+                await anyio.sleep(5)
+            async with anyio.create_task_group() as group:
+                group.start_soon(anyio.sleep, 0)
+            await reply(send, f"cancelled {scope_.cancelled_caught}".encode())
+        elif path == "/var":
+            seen = VAR.get()
+            VAR.set(scope["query_string"].decode())
+            await reply(send, seen.encode())
+        elif path == "/suspend":
+            for _ in range(3):
+                await asyncio.sleep(0)
+            seen = VAR.get()
+            VAR.set("suspended")
+            await reply(send, b"suspended " + seen.encode())
+        elif path == "/linger":
+            # Answers, then waits for the next request on the same connection to release it:
+            # that request must not wait for this app to return.
+            probe.release = asyncio.Event()
+            await reply(send, b"answered")
+            await asyncio.wait_for(probe.release.wait(), 5)
+        elif path == "/release":
+            assert probe.release is not None
+            probe.release.set()
+            await reply(send, b"released")
+        elif path == "/timeout":
+            try:
+                async with asyncio.timeout(0.01):  # type: ignore[attr-defined]
+                    await asyncio.sleep(5)
+            except TimeoutError:
+                await reply(send, b"timed out")
+        elif path == "/swallow":
+            # Cancels its own task and carries on (poor style, but it happens): the count of
+            # cancellation requests this leaves must not reach the next request's task.
+            assert task is not None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(5)
+            await reply(send, b"swallowed")
+        elif path == "/cancelling":
+            assert task is not None
+            await reply(send, str(task.cancelling()).encode())  # type: ignore[attr-defined]
+        elif path == "/group":
+            try:
+                async with asyncio.TaskGroup() as group:  # type: ignore[attr-defined]
+                    group.create_task(fail_soon())
+                    await asyncio.sleep(5)
+            except Exception as exc:  # an ExceptionGroup; a CancelledError would escape
+                await reply(send, type(exc).__name__.encode())
+        else:
+            await reply(send, scope["path"].encode())
+
+    return app
+
+
+async def fail_soon() -> None:
+    raise ValueError("child task failed")
+
+
+@pytest.fixture
+def probe() -> Probe:
+    return Probe()
+
+
+def bodies(conn: RawConnection, count: int) -> list[bytes]:
+    return [conn.read_response().body for _ in range(count)]
+
+
+def test_every_request_has_a_current_task(parser: str, probe: Probe) -> None:
+    with run_server(make_app(probe), http=parser) as srv, srv.connect() as sock:
+        conn = RawConnection(sock)
+        conn.send(request("GET", "/task"))
+        assert conn.read_response().body == b"True True"
+        conn.send(request("GET", "/task") * 3)  # pipelined
+        assert bodies(conn, 3) == [b"True True"] * 3
+        for _ in range(2):
+            conn.send(request("GET", "/anyio"))
+            assert conn.read_response().body == b"cancelled True"
+        conn.send(request("GET", "/anyio") * 2)
+        assert bodies(conn, 2) == [b"cancelled True"] * 2
+
+
+def test_each_request_starts_from_a_fresh_context(parser: str, probe: Probe) -> None:
+    with run_server(make_app(probe), http=parser) as srv, srv.connect() as sock:
+        conn = RawConnection(sock)
+        for value in ("a", "b"):
+            conn.send(request("GET", f"/var?{value}"))
+            assert conn.read_response().body == b"unset"
+        conn.send(request("GET", "/var?c") + request("GET", "/suspend") + request("GET", "/var?d"))
+        assert bodies(conn, 3) == [b"unset", b"suspended unset", b"unset"]
+
+
+def test_suspending_and_eager_requests_pipelined_in_order(parser: str, probe: Probe) -> None:
+    paths = [f"/{'suspend' if i % 3 == 0 else i}" for i in range(30)]
+    with run_server(make_app(probe), http=parser) as srv, srv.connect() as sock:
+        conn = RawConnection(sock)
+        conn.send(b"".join(request("GET", path) for path in paths))
+        expected = [b"suspended unset" if p == "/suspend" else p.encode() for p in paths]
+        assert bodies(conn, len(paths)) == expected
+
+
+def test_a_long_pipeline_is_answered_in_order(parser: str, probe: Probe) -> None:
+    count = 3 * EAGER_BATCH + 5  # more than one batch of eager requests per read
+    with run_server(make_app(probe), http=parser) as srv, srv.connect() as sock:
+        conn = RawConnection(sock)
+        conn.send(b"".join(request("GET", f"/{i}") for i in range(count)))
+        assert bodies(conn, count) == [f"/{i}".encode() for i in range(count)]
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_next_request_does_not_wait_for_an_app_still_running(
+    parser: str, probe: Probe, pipelined: bool
+) -> None:
+    with run_server(make_app(probe), http=parser) as srv, srv.connect() as sock:
+        conn = RawConnection(sock)
+        if pipelined:
+            conn.send(request("GET", "/linger") + request("GET", "/release"))
+            assert bodies(conn, 2) == [b"answered", b"released"]
+        else:
+            conn.send(request("GET", "/linger"))
+            assert conn.read_response().body == b"answered"
+            conn.send(request("GET", "/release"))
+            assert conn.read_response().body == b"released"
+        conn.send(request("GET", "/after"))
+        assert conn.read_response().body == b"/after"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is new in 3.11")
+def test_a_cancellation_never_reaches_the_next_request(parser: str, probe: Probe) -> None:
+    # A timeout cancels the current task; a runner that saw it is replaced, else the next
+    # request's asyncio.timeout would take its own expiry for an outside cancellation.
+    with run_server(make_app(probe), http=parser) as srv, srv.connect() as sock:
+        conn = RawConnection(sock)
+        for _ in range(3):
+            conn.send(request("GET", "/timeout"))
+            assert conn.read_response().body == b"timed out"
+        conn.send(request("GET", "/timeout") * 2)
+        assert bodies(conn, 2) == [b"timed out"] * 2
+        for _ in range(2):
+            conn.send(request("GET", "/swallow"))
+            assert conn.read_response().body == b"swallowed"
+            # A task per request would start with no cancellation requested: so must this.
+            conn.send(request("GET", "/cancelling"))
+            assert conn.read_response().body == b"0"
+            conn.send(request("GET", "/timeout") + request("GET", "/group"))
+            assert bodies(conn, 2) == [b"timed out", b"ExceptionGroup"]
+            conn.send(request("GET", "/swallow") + request("GET", "/cancelling"))
+            assert bodies(conn, 2) == [b"swallowed", b"0"]
+
+
+def test_no_task_outlives_its_connection(parser: str, probe: Probe) -> None:
+    with run_server(make_app(probe), http=parser) as srv:
+        for paths in (["/a"], ["/suspend"], ["/a", "/suspend", "/b"], ["/timeout"]):
+            if "/timeout" in paths and sys.version_info < (3, 11):
+                continue
+            with srv.connect() as sock:
+                conn = RawConnection(sock)
+                conn.send(b"".join(request("GET", path) for path in paths))
+                bodies(conn, len(paths))
+            wait_for(lambda: probe.task_count() == 0, 5, "the connection's tasks to end")
+        assert not srv.server.state.tasks  # type: ignore[union-attr]
