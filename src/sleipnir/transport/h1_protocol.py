@@ -473,6 +473,8 @@ class H1Protocol(WriteFlow):
         runner = self._runner
         waiter = self._runner_waiter
         if runner is None or waiter is None:  # a runner that has not started yet
+            if runner is None and not self._closing:
+                self._new_runner()  # (a replacement) for the next read
             self._spawn_ready()
             return
         loop = self._loop
@@ -488,10 +490,13 @@ class H1Protocol(WriteFlow):
             # request at 64 connections, measured with perf).
             self._out = []
             loop.call_soon(self._deferred_flush)
+        fresh = self._state.reset_contextvars
+        base = self._context
+        cancelling = runner.cancelling  # type: ignore[attr-defined]  # 3.11+, as self._eager
         try:
             served = 0
             while self._ready is not None:
-                if _cancelling(runner):  # an app cancelled it (and went on): not reused
+                if cancelling():  # an app cancelled the runner (and went on): not reused
                     self._retire_runner(runner)
                     return
                 if served == EAGER_BATCH:  # a long pipeline: let other connections in
@@ -501,7 +506,8 @@ class H1Protocol(WriteFlow):
                 cycle = self._ready
                 self._ready = None
                 coro = cycle.run()
-                context = self._request_context()
+                # _request_context(), inlined
+                context = contextvars.Context() if fresh else base.copy()
                 self._stepping = True
                 try:
                     yielded = context.run(coro.send, None)
@@ -582,13 +588,11 @@ class H1Protocol(WriteFlow):
             raise
 
     def _retire_runner(self, runner: asyncio.Task[None]) -> None:
-        """``runner`` serves no more requests; the next read's requests get a new one (tasks
-        of their own until it has started)."""
+        """``runner`` serves no more requests; the next read's requests make a new one (and
+        get tasks of their own until it has started)."""
         if self._runner is runner:
             self._runner = None
             self._runner_waiter = None
-            if not self._closing:
-                self._new_runner()
         self._spawn_ready()
 
     @types.coroutine
