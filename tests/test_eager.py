@@ -59,6 +59,11 @@ async def reply(send: Send, body: bytes) -> None:
 
 def make_app(probe: Probe) -> Any:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":  # accept, then close at once
+            await receive()
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.close", "code": 1000})
+            return
         if scope["type"] != "http":
             return
         probe.loop = asyncio.get_running_loop()
@@ -230,3 +235,25 @@ def test_no_task_outlives_its_connection(parser: str, probe: Probe) -> None:
                 bodies(conn, len(paths))
             wait_for(lambda: probe.task_count() == 0, 5, "the connection's tasks to end")
         assert not srv.server.state.tasks  # type: ignore[union-attr]
+
+
+def test_the_runner_ends_when_the_connection_switches_to_websocket(
+    parser: str, probe: Probe
+) -> None:
+    upgrade = request(
+        "GET",
+        "/ws",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+    )
+    with run_server(make_app(probe), http=parser, ws="wsproto") as srv, srv.connect() as sock:
+        conn = RawConnection(sock)
+        conn.send(request("GET", "/suspend") + request("GET", "/a"))
+        assert bodies(conn, 2) == [b"suspended unset", b"/a"]
+        conn.send(upgrade)
+        assert conn.read_response().status == 101
+        # The connection stays open (the close frame is not answered): only its runner could
+        # still be a task, and it must have ended.
+        wait_for(lambda: probe.task_count() == 0, 5, "the runner to end")
