@@ -505,22 +505,15 @@ class H1Protocol(WriteFlow):
                 served += 1
                 cycle = self._ready
                 self._ready = None
-                coro = cycle.run()
                 # _request_context(), inlined
                 context = contextvars.Context() if fresh else base.copy()
-                self._stepping = True
-                try:
-                    yielded = context.run(coro.send, None)
-                except StopIteration:
+                step = self._first_step(cycle, context)
+                if step is None:
                     continue
-                except asyncio.CancelledError:
-                    continue  # the app raised it itself: a task would end quietly too
-                finally:
-                    self._stepping = False
                 # It suspended: the runner goes on with it.
                 cycle.task = runner
                 self._state.tasks.add(runner)
-                self._handoff = (coro, context, yielded)
+                self._handoff = (step[0], context, step[1])
                 self._runner_waiter = None
                 if not waiter.done():  # else the app cancelled the runner: it gets that
                     waiter.set_result(None)
@@ -528,6 +521,23 @@ class H1Protocol(WriteFlow):
                 return
         finally:
             _leave_task(loop, runner)
+
+    def _first_step(
+        self, cycle: HTTPCycle, context: contextvars.Context
+    ) -> tuple[Coroutine[Any, Any, None], Any] | None:
+        """Run ``cycle``'s coroutine in ``context`` until it first suspends: None if it
+        finished, else the coroutine and what it yielded (for the runner to go on with)."""
+        coro = cycle.run()
+        self._stepping = True
+        try:
+            yielded = context.run(coro.send, None)
+        except StopIteration:
+            return None
+        except asyncio.CancelledError:
+            return None  # the app raised it itself: a task would end quietly too
+        finally:
+            self._stepping = False
+        return coro, yielded
 
     def _spawn_ready(self) -> None:
         """The started request cannot run eagerly: give it a task of its own."""
@@ -568,19 +578,14 @@ class H1Protocol(WriteFlow):
                 while self._ready is not None and not _cancelling(runner):
                     cycle = self._ready  # pipelined requests, as _drive runs them
                     self._ready = None
-                    coro = cycle.run()
                     context = self._request_context()
-                    self._stepping = True
-                    try:
-                        yielded = context.run(coro.send, None)
-                    except StopIteration:
+                    step = self._first_step(cycle, context)
+                    if step is None:
                         continue
-                    finally:
-                        self._stepping = False
                     cycle.task = runner
                     self._state.tasks.add(runner)
                     self._spawn_ready()
-                    await self._continue(coro, context, yielded, None)
+                    await self._continue(step[0], context, step[1], None)
                 if _cancelling(runner):
                     self._retire_runner(runner)
         except BaseException:
