@@ -30,7 +30,8 @@ VAR: contextvars.ContextVar[str] = contextvars.ContextVar("eager_test_var", defa
 class Probe:
     """What the apps saw, and the server's loop (to count its tasks from the test thread)."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop_impl: str) -> None:
+        self.loop_impl = loop_impl  # the server's --loop
         self.loop: asyncio.AbstractEventLoop | None = None
         self.tasks: list[asyncio.Task[Any] | None] = []
         self.release: asyncio.Event | None = None
@@ -133,9 +134,14 @@ async def fail_soon() -> None:
     raise ValueError("child task failed")
 
 
-@pytest.fixture
-def probe() -> Probe:
-    return Probe()
+@pytest.fixture(params=["uvloop", "asyncio"])
+def probe(request: pytest.FixtureRequest) -> Probe:
+    """Each test using this runs once per event loop (the current task is the loop's)."""
+    return Probe(str(request.param))
+
+
+def serve(probe: Probe, parser: str, **settings: Any) -> Any:
+    return run_server(make_app(probe), loop=probe.loop_impl, http=parser, **settings)
 
 
 def bodies(conn: RawConnection, count: int) -> list[bytes]:
@@ -143,7 +149,7 @@ def bodies(conn: RawConnection, count: int) -> list[bytes]:
 
 
 def test_every_request_has_a_current_task(parser: str, probe: Probe) -> None:
-    with run_server(make_app(probe), http=parser) as srv, srv.connect() as sock:
+    with serve(probe, parser) as srv, srv.connect() as sock:
         conn = RawConnection(sock)
         conn.send(request("GET", "/task"))
         assert conn.read_response().body == b"True True"
@@ -157,7 +163,7 @@ def test_every_request_has_a_current_task(parser: str, probe: Probe) -> None:
 
 
 def test_each_request_starts_from_a_fresh_context(parser: str, probe: Probe) -> None:
-    with run_server(make_app(probe), http=parser) as srv, srv.connect() as sock:
+    with serve(probe, parser) as srv, srv.connect() as sock:
         conn = RawConnection(sock)
         for value in ("a", "b"):
             conn.send(request("GET", f"/var?{value}"))
@@ -168,7 +174,7 @@ def test_each_request_starts_from_a_fresh_context(parser: str, probe: Probe) -> 
 
 def test_suspending_and_eager_requests_pipelined_in_order(parser: str, probe: Probe) -> None:
     paths = [f"/{'suspend' if i % 3 == 0 else i}" for i in range(30)]
-    with run_server(make_app(probe), http=parser) as srv, srv.connect() as sock:
+    with serve(probe, parser) as srv, srv.connect() as sock:
         conn = RawConnection(sock)
         conn.send(b"".join(request("GET", path) for path in paths))
         expected = [b"suspended unset" if p == "/suspend" else p.encode() for p in paths]
@@ -177,7 +183,7 @@ def test_suspending_and_eager_requests_pipelined_in_order(parser: str, probe: Pr
 
 def test_a_long_pipeline_is_answered_in_order(parser: str, probe: Probe) -> None:
     count = 3 * EAGER_BATCH + 5  # more than one batch of eager requests per read
-    with run_server(make_app(probe), http=parser) as srv, srv.connect() as sock:
+    with serve(probe, parser) as srv, srv.connect() as sock:
         conn = RawConnection(sock)
         conn.send(b"".join(request("GET", f"/{i}") for i in range(count)))
         assert bodies(conn, count) == [f"/{i}".encode() for i in range(count)]
@@ -187,7 +193,7 @@ def test_a_long_pipeline_is_answered_in_order(parser: str, probe: Probe) -> None
 def test_next_request_does_not_wait_for_an_app_still_running(
     parser: str, probe: Probe, pipelined: bool
 ) -> None:
-    with run_server(make_app(probe), http=parser) as srv, srv.connect() as sock:
+    with serve(probe, parser) as srv, srv.connect() as sock:
         conn = RawConnection(sock)
         if pipelined:
             conn.send(request("GET", "/linger") + request("GET", "/release"))
@@ -205,7 +211,7 @@ def test_next_request_does_not_wait_for_an_app_still_running(
 def test_a_cancellation_never_reaches_the_next_request(parser: str, probe: Probe) -> None:
     # A timeout cancels the current task; a runner that saw it is replaced, else the next
     # request's asyncio.timeout would take its own expiry for an outside cancellation.
-    with run_server(make_app(probe), http=parser) as srv, srv.connect() as sock:
+    with serve(probe, parser) as srv, srv.connect() as sock:
         conn = RawConnection(sock)
         for _ in range(3):
             conn.send(request("GET", "/timeout"))
@@ -225,7 +231,7 @@ def test_a_cancellation_never_reaches_the_next_request(parser: str, probe: Probe
 
 
 def test_no_task_outlives_its_connection(parser: str, probe: Probe) -> None:
-    with run_server(make_app(probe), http=parser) as srv:
+    with serve(probe, parser) as srv:
         for paths in (["/a"], ["/suspend"], ["/a", "/suspend", "/b"], ["/timeout"]):
             if "/timeout" in paths and sys.version_info < (3, 11):
                 continue
@@ -234,7 +240,7 @@ def test_no_task_outlives_its_connection(parser: str, probe: Probe) -> None:
                 conn.send(b"".join(request("GET", path) for path in paths))
                 bodies(conn, len(paths))
             wait_for(lambda: probe.task_count() == 0, 5, "the connection's tasks to end")
-        assert not srv.server.state.tasks  # type: ignore[union-attr]
+        assert not srv.server.state.tasks
 
 
 def test_the_runner_ends_when_the_connection_switches_to_websocket(
@@ -248,7 +254,7 @@ def test_the_runner_ends_when_the_connection_switches_to_websocket(
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
         "Sec-WebSocket-Version: 13",
     )
-    with run_server(make_app(probe), http=parser, ws="wsproto") as srv, srv.connect() as sock:
+    with serve(probe, parser, ws="wsproto") as srv, srv.connect() as sock:
         conn = RawConnection(sock)
         conn.send(request("GET", "/suspend") + request("GET", "/a"))
         assert bodies(conn, 2) == [b"suspended unset", b"/a"]
