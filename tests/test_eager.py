@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from conftest import run_server, wait_for
+from conftest import STARTUP_TIMEOUT_S, cli_server, run_server, wait_for
 from rawhttp import RawConnection, request
 from sleipnir.transport.h1_protocol import EAGER_BATCH
 from sleipnir.types import Receive, Scope, Send
@@ -263,3 +265,32 @@ def test_the_runner_ends_when_the_connection_switches_to_websocket(
         # The connection stays open (the close frame is not answered): only its runner could
         # still be a task, and it must have ended.
         wait_for(lambda: probe.task_count() == 0, 5, "the runner to end")
+
+
+EXIT_APP = """
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/exit":
+        raise SystemExit(3)
+    start = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+    await send(start)
+    await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_system_exit_in_an_app_ends_the_server(parser: str, loop: str, tmp_path: Path) -> None:
+    # As it does from a task: gunicorn's worker timeout raises SystemExit in the app and relies
+    # on it (tests/test_gunicorn.py). From a read callback, uvloop would only close the
+    # connection.
+    (tmp_path / "exit_app.py").write_text(EXIT_APP)
+    args = ["exit_app:app", "--app-dir", str(tmp_path), "--port", "0", "--loop", loop]
+    with cli_server(*args, "--http", parser) as srv:
+        with socket.create_connection((srv.host, srv.port), timeout=5) as sock:
+            conn = RawConnection(sock)
+            conn.send(request("GET", "/ok"))  # by the next read the connection's runner runs
+            assert conn.read_response().body == b"ok"
+            conn.send(request("GET", "/exit"))
+            assert conn.read_response().status == 500
+        srv.proc.wait(STARTUP_TIMEOUT_S)  # raises if the server goes on serving

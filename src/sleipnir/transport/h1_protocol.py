@@ -93,6 +93,10 @@ def _cancelling(task: asyncio.Task[None]) -> int:
     return 0  # pragma: no cover - Python 3.10 never runs eagerly
 
 
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
 def make_parser(kind: str, handler: Any, state: ServerState) -> H1Parser:
     if kind == "httptools":
         from sleipnir.wire.h1_httptools import HttptoolsParser
@@ -535,6 +539,12 @@ class H1Protocol(WriteFlow):
             return None
         except asyncio.CancelledError:
             return None  # the app raised it itself: a task would end quietly too
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # Raised from a task, these leave the event loop (gunicorn's worker timeout raises
+            # SystemExit in the app); raised from a read callback, the loop would only close
+            # this connection. So they are raised again from a loop callback, as a task would.
+            self._loop.call_soon(_raise, exc)
+            return None
         finally:
             self._stepping = False
         return coro, yielded
