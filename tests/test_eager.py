@@ -164,6 +164,30 @@ def test_every_request_has_a_current_task(parser: str, probe: Probe) -> None:
         assert bodies(conn, 2) == [b"cancelled True"] * 2
 
 
+def test_a_connections_requests_share_its_runner_from_the_first(parser: str, probe: Probe) -> None:
+    # The documented difference from a task per request (docs/architecture.md): sequential
+    # requests on one connection see the same current task, the first one included.
+    with serve(probe, parser) as srv, srv.connect() as sock:
+        conn = RawConnection(sock)
+        for path in ("/a", "/suspend", "/b"):
+            conn.send(request("GET", path))
+            conn.read_response()
+    first, second, third = probe.tasks
+    assert first is second is third
+
+
+def test_an_app_that_cancels_its_task_at_once(parser: str, probe: Probe) -> None:
+    # The first request of a connection cancels its current task, the runner, before the
+    # runner has taken a step; it goes on in a task of its own, which delivers the
+    # cancellation. The next request gets a new runner with nothing pending.
+    with serve(probe, parser) as srv, srv.connect() as sock:
+        conn = RawConnection(sock)
+        conn.send(request("GET", "/swallow"))
+        assert conn.read_response().body == b"swallowed"
+        conn.send(request("GET", "/cancelling") + request("GET", "/a"))
+        assert bodies(conn, 2) == [b"0", b"/a"]
+
+
 def test_each_request_starts_from_a_fresh_context(parser: str, probe: Probe) -> None:
     with serve(probe, parser) as srv, srv.connect() as sock:
         conn = RawConnection(sock)

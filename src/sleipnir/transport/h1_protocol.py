@@ -33,7 +33,7 @@ import sys
 import types
 from asyncio.tasks import _enter_task, _leave_task
 from collections import deque
-from collections.abc import Coroutine, Generator
+from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, cast
 
 from sleipnir.asgi.http_cycle import BODY_HIGH_WATER_BYTES, ASGIError, HTTPCycle, http_scope
@@ -97,6 +97,10 @@ def _raise(exc: BaseException) -> None:
     raise exc
 
 
+async def _awaited(awaitable: Awaitable[None]) -> None:
+    await awaitable
+
+
 def make_parser(kind: str, handler: Any, state: ServerState) -> H1Parser:
     if kind == "httptools":
         from sleipnir.wire.h1_httptools import HttptoolsParser
@@ -154,8 +158,12 @@ class H1Protocol(WriteFlow):
         self._stepping = False  # a request coroutine is taking a step this connection drives
         self._ready: HTTPCycle | None = None
         self._runner: asyncio.Task[None] | None = None  # current task of the eager requests
-        self._runner_waiter: asyncio.Future[None] | None = None  # set while it is idle
-        self._handoff: tuple[Coroutine[Any, Any, None], contextvars.Context, Any] | None = None
+        self._runner_busy = False  # it goes on with a request that suspended
+        self._runner_waiter: asyncio.Future[None] | None = None  # set while it waits for one
+        # (cycle, its coroutine, its context, what the coroutine yielded) for the runner
+        self._handoff: (
+            tuple[HTTPCycle, Coroutine[Any, Any, None], contextvars.Context, Any] | None
+        ) = None
 
     # asyncio.Protocol ------------------------------------------------------------------------
 
@@ -453,9 +461,7 @@ class H1Protocol(WriteFlow):
             websocket.task = task
             task.add_done_callback(state.tasks.discard)
             state.tasks.add(task)
-        elif self._eager and (
-            self._stepping or (self._parsing and self._runner_waiter is not None)
-        ):
+        elif self._eager and (self._stepping or (self._parsing and not self._runner_busy)):
             self._ready = cycle  # run by _drive or the runner once the parse or step is over
         else:  # a custom task factory, or the runner is busy with an earlier request's app
             context = self._request_context()
@@ -475,12 +481,11 @@ class H1Protocol(WriteFlow):
         (pipelined), without a task each: the first step of its coroutine runs here, with the
         connection's runner as the current task; one that suspends goes on in the runner."""
         runner = self._runner
-        waiter = self._runner_waiter
-        if runner is None or waiter is None:  # a runner that has not started yet
-            if runner is None and not self._closing:
-                self._new_runner()  # (a replacement) for the next read
-            self._spawn_ready()
-            return
+        if runner is None:  # retired by the previous request, or stopped
+            if self._closing:
+                self._spawn_ready()
+                return
+            runner = self._new_runner()
         loop = self._loop
         try:
             _enter_task(loop, runner)
@@ -514,12 +519,13 @@ class H1Protocol(WriteFlow):
                 step = self._first_step(cycle, context)
                 if step is None:
                     continue
-                # It suspended: the runner goes on with it.
+                # It suspended: the runner goes on with it (once it has started, if it has not).
                 cycle.task = runner
                 self._state.tasks.add(runner)
-                self._handoff = (step[0], context, step[1])
-                self._runner_waiter = None
-                if not waiter.done():  # else the app cancelled the runner: it gets that
+                self._handoff = (cycle, step[0], context, step[1])
+                self._runner_busy = True
+                waiter = self._runner_waiter
+                if waiter is not None and not waiter.done():  # else the app cancelled it
                     waiter.set_result(None)
                 self._spawn_ready()  # its response let the next request start, but it goes on
                 return
@@ -558,8 +564,28 @@ class H1Protocol(WriteFlow):
             cycle.task = task = _create_task(self._loop, cycle.run(), context, True)
             self._state.tasks.add(task)
 
-    def _new_runner(self) -> None:
-        self._runner = _create_task(self._loop, self._run(), contextvars.Context(), True)
+    def _new_runner(self) -> asyncio.Task[None]:
+        runner = self._runner = _create_task(self._loop, self._run(), contextvars.Context(), True)
+        runner.add_done_callback(self._runner_ended)
+        return runner
+
+    def _runner_ended(self, runner: asyncio.Task[None]) -> None:
+        """A runner ended without retiring itself: cancelled (by the app of an eager request)
+        before its first step, so it never took that request if it suspended. A task of its own
+        goes on with it, delivering the cancellation."""
+        if self._runner is not runner:
+            return
+        self._runner = None
+        self._runner_busy = False
+        handoff = self._handoff
+        if handoff is not None:
+            self._handoff = None
+            cycle, coro, context, yielded = handoff
+            resume = _awaited(self._continue(coro, context, yielded, asyncio.CancelledError()))
+            # (not in ``context``: _continue enters it for each step, as the runner does)
+            cycle.task = task = _create_task(self._loop, resume, contextvars.Context(), True)
+            self._state.tasks.discard(runner)
+            self._state.tasks.add(task)
 
     async def _run(self) -> None:
         """The runner task: the current task of the connection's eager requests. It goes on
@@ -572,19 +598,22 @@ class H1Protocol(WriteFlow):
         loop = self._loop
         try:
             while self._runner is runner:
-                waiter = self._runner_waiter = loop.create_future()
                 thrown: BaseException | None = None
-                try:
-                    await waiter
-                except asyncio.CancelledError as exc:
-                    thrown = exc  # cancelled during an eager step, by the app it ran
+                if self._handoff is None:
+                    waiter = self._runner_waiter = loop.create_future()
+                    try:
+                        await waiter
+                    except asyncio.CancelledError as exc:
+                        thrown = exc  # cancelled during an eager step, by the app it ran
+                    finally:
+                        self._runner_waiter = None
                 handoff = self._handoff
                 if handoff is None:
                     if thrown is not None:
                         self._retire_runner(runner)
                     continue
                 self._handoff = None
-                await self._continue(*handoff, thrown)
+                await self._continue(*handoff[1:], thrown)
                 while self._ready is not None and not _cancelling(runner):
                     cycle = self._ready  # pipelined requests, as _drive runs them
                     self._ready = None
@@ -596,6 +625,7 @@ class H1Protocol(WriteFlow):
                     self._state.tasks.add(runner)
                     self._spawn_ready()
                     await self._continue(step[0], context, step[1], None)
+                self._runner_busy = False
                 if _cancelling(runner):
                     self._retire_runner(runner)
         except BaseException:
@@ -607,7 +637,7 @@ class H1Protocol(WriteFlow):
         get tasks of their own until it has started)."""
         if self._runner is runner:
             self._runner = None
-            self._runner_waiter = None
+            self._runner_busy = False
         self._spawn_ready()
 
     @types.coroutine
