@@ -23,7 +23,7 @@ import pytest
 
 from conftest import STARTUP_TIMEOUT_S, cli_server, run_server, wait_for
 from rawhttp import RawConnection, request
-from sleipnir.transport.h1_protocol import EAGER_BATCH
+from sleipnir.transport.eager import EAGER_BATCH
 from sleipnir.types import Receive, Scope, Send
 
 VAR: contextvars.ContextVar[str] = contextvars.ContextVar("eager_test_var", default="unset")

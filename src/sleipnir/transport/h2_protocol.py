@@ -51,8 +51,8 @@ from typing import TYPE_CHECKING, cast
 from urllib.parse import quote
 
 from sleipnir.asgi.http_cycle import BODY_HIGH_WATER_BYTES, ASGIError, HTTPCycle, http_scope
+from sleipnir.transport.eager import create_task
 from sleipnir.transport.flow import WriteFlow
-from sleipnir.transport.h1_protocol import _create_task
 from sleipnir.wire import h2
 from sleipnir.wire.h1 import H1Error, H1Parser, Headers, RequestHead, declared_length
 from sleipnir.wire.h1_writer import ResponseHeaderError, error_body
@@ -598,7 +598,7 @@ class H2Protocol(WriteFlow):
         # Each stream's app runs in its own task, with its own copy of the connection's
         # starting context (never another stream's), as HTTP/1.1 requests do.
         context = contextvars.Context() if state.reset_contextvars else self._context.copy()
-        cycle.task = task = _create_task(self.loop, run, context, self._plain_tasks)
+        cycle.task = task = create_task(self.loop, run, context, self._plain_tasks)
         state.tasks.add(task)
 
     def on_body(self, stream_id: int, data: bytes) -> None:
