@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import contextvars
 import socket
+import struct
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ class Probe:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.tasks: list[asyncio.Task[Any] | None] = []
         self.release: asyncio.Event | None = None
+        self.last = ""
 
     def task_count(self) -> int:
         """How many tasks the server's loop has besides its main one."""
@@ -116,6 +118,9 @@ def make_app(probe: Probe) -> Any:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(5)
             await reply(send, b"swallowed")
+        elif path == "/disconnect":
+            await receive()  # the (empty) body
+            probe.last = (await receive())["type"]  # waits for the client to go
         elif path == "/cancelling":
             assert task is not None
             await reply(send, str(task.cancelling()).encode())  # type: ignore[attr-defined]
@@ -267,6 +272,23 @@ def test_no_task_outlives_its_connection(parser: str, probe: Probe) -> None:
                 bodies(conn, len(paths))
             wait_for(lambda: probe.task_count() == 0, 5, "the connection's tasks to end")
         assert not srv.server.state.tasks
+
+
+def test_a_request_handed_over_is_served_after_the_connection_is_gone(
+    parser: str, probe: Probe
+) -> None:
+    # The first request of a connection, with a reset right behind it: it suspends in its
+    # eager step, the connection is lost, and the runner still goes on with it, so that its
+    # app learns that the client left and the request ends.
+    with serve(probe, parser) as srv:
+        for _ in range(5):
+            probe.last = ""
+            sock = srv.connect()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.sendall(request("GET", "/disconnect"))
+            sock.close()  # RST
+            wait_for(lambda: probe.last == "http.disconnect", 5, "the app to see the disconnect")
+            wait_for(lambda: not srv.server.state.tasks, 5, "the request to end")
 
 
 def test_the_runner_ends_when_the_connection_switches_to_websocket(

@@ -85,8 +85,11 @@ class EagerRequests:
     _runner: asyncio.Task[None] | None  # current task of the eager requests
     _runner_busy: bool  # it goes on with a request that suspended
     _runner_waiter: asyncio.Future[None] | None  # set while it waits for one
-    # (cycle, its coroutine, its context, what the coroutine yielded) for the runner
-    _handoff: tuple[HTTPCycle, Coroutine[Any, Any, None], contextvars.Context, Any] | None
+    # (the runner it is for, the cycle, its coroutine, its context, what the coroutine yielded)
+    _handoff: (
+        tuple[asyncio.Task[None], HTTPCycle, Coroutine[Any, Any, None], contextvars.Context, Any]
+        | None
+    )
 
     def _init_eager(self, plain_tasks: bool) -> None:
         """From ``connection_made``: run eagerly unless the loop has a task factory (or on
@@ -157,7 +160,7 @@ class EagerRequests:
                 # It suspended: the runner goes on with it (once it has started, if it has not).
                 cycle.task = runner
                 self._state.tasks.add(runner)
-                self._handoff = (cycle, step[0], context, step[1])
+                self._handoff = (runner, cycle, step[0], context, step[1])
                 self._runner_busy = True
                 waiter = self._runner_waiter
                 if waiter is not None and not waiter.done():  # else the app cancelled it
@@ -208,14 +211,13 @@ class EagerRequests:
         """A runner ended without retiring itself: cancelled (by the app of an eager request)
         before its first step, so it never took that request if it suspended. A task of its own
         goes on with it, delivering the cancellation."""
-        if self._runner is not runner:
-            return
-        self._runner = None
-        self._runner_busy = False
+        if self._runner is runner:
+            self._runner = None
+            self._runner_busy = False
         handoff = self._handoff
-        if handoff is not None:
+        if handoff is not None and handoff[0] is runner:
             self._handoff = None
-            cycle, coro, context, yielded = handoff
+            _, cycle, coro, context, yielded = handoff
             resume = _awaited(self._continue(coro, context, yielded, asyncio.CancelledError()))
             # (not in ``context``: _continue enters it for each step, as the runner does)
             cycle.task = task = create_task(self._loop, resume, contextvars.Context(), True)
@@ -232,23 +234,27 @@ class EagerRequests:
         assert runner is not None
         loop = self._loop
         try:
-            while self._runner is runner:
+            while True:
                 thrown: BaseException | None = None
-                if self._handoff is None:
+                handoff = self._handoff
+                if handoff is None or handoff[0] is not runner:
+                    if self._runner is not runner:
+                        return  # retired or stopped, and nothing left for it
                     waiter = self._runner_waiter = loop.create_future()
                     try:
                         await waiter
                     except asyncio.CancelledError as exc:
                         thrown = exc  # cancelled during an eager step, by the app it ran
                     finally:
-                        self._runner_waiter = None
-                handoff = self._handoff
-                if handoff is None:
-                    if thrown is not None:
-                        self._retire_runner(runner)
-                    continue
+                        if self._runner_waiter is waiter:
+                            self._runner_waiter = None
+                    handoff = self._handoff
+                    if handoff is None or handoff[0] is not runner:
+                        if thrown is not None:
+                            self._retire_runner(runner)
+                        continue
                 self._handoff = None
-                await self._continue(*handoff[1:], thrown)
+                await self._continue(*handoff[2:], thrown)
                 while self._ready is not None and not _cancelling(runner):
                     cycle = self._ready  # pipelined requests, as _drive runs them
                     self._ready = None
@@ -268,8 +274,7 @@ class EagerRequests:
             raise
 
     def _retire_runner(self, runner: asyncio.Task[None]) -> None:
-        """``runner`` serves no more requests; the next read's requests make a new one (and
-        get tasks of their own until it has started)."""
+        """``runner`` serves no more requests; the next read's request makes a new one."""
         if self._runner is runner:
             self._runner = None
             self._runner_busy = False
@@ -310,7 +315,8 @@ class EagerRequests:
             self._spawn_ready()  # its response let the next request start, but it goes on
 
     def _stop_runner(self) -> None:
-        """The connection is done with HTTP/1.1: the runner ends once it is idle."""
+        """The connection is done with HTTP/1.1: the runner ends once it has gone on with a
+        request handed to it (even one it has not started on yet)."""
         self._runner = None
         waiter = self._runner_waiter
         self._runner_waiter = None
