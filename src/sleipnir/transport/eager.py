@@ -93,7 +93,8 @@ class EagerRequests:
 
     def _init_eager(self, plain_tasks: bool) -> None:
         """From ``connection_made``: run eagerly unless the loop has a task factory (or on
-        3.10: the runner relies on ``Task.cancelling()``)."""
+        3.10: the runner relies on ``Task.cancelling()``). The runner is made by the first
+        request (a connection that turns out to be HTTP/2 never needs one)."""
         self._parsing = False
         self._stepping = False
         self._ready = None
@@ -102,8 +103,6 @@ class EagerRequests:
         self._runner_waiter = None
         self._handoff = None
         self._eager = plain_tasks and sys.version_info >= (3, 11)
-        if self._eager:
-            self._new_runner()
 
     def _deferred_flush(self) -> None:
         raise NotImplementedError
@@ -119,7 +118,7 @@ class EagerRequests:
         (pipelined), without a task each: the first step of its coroutine runs here, with the
         connection's runner as the current task; one that suspends goes on in the runner."""
         runner = self._runner
-        if runner is None:  # retired by the previous request, or stopped
+        if runner is None:  # the first request, or the last runner was retired or stopped
             if self._closing:
                 self._spawn_ready()
                 return
