@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from sleipnir.asgi.http_cycle import BODY_HIGH_WATER_BYTES, ASGIError, HTTPCycle, http_scope
 from sleipnir.asgi.ws_cycle import WSCycle, websocket_scope
-from sleipnir.transport.eager import EagerRequests, create_task
+from sleipnir.transport.eager import EagerRequests, create_task, request_context
 from sleipnir.transport.flow import WriteFlow
 from sleipnir.transport.state import ServerState
 from sleipnir.transport.ws_protocol import WSConnection
@@ -396,16 +396,15 @@ class H1Protocol(EagerRequests, WriteFlow):
         websocket = self._ws
         if websocket is not None and websocket.http is cycle:
             self._keep_alive = False  # a denial response ends the connection
-            task = create_task(
-                self._loop, websocket.run(), self._request_context(), self._plain_tasks
-            )
+            context = request_context(state, self._context)
+            task = create_task(self._loop, websocket.run(), context, self._plain_tasks)
             websocket.task = task
             task.add_done_callback(state.tasks.discard)
             state.tasks.add(task)
         elif self._eager and (self._stepping or (self._parsing and not self._runner_busy)):
             self._ready = cycle  # run by _drive or the runner once the parse or step is over
         else:  # a custom task factory, or the runner is busy with an earlier request's app
-            context = self._request_context()
+            context = request_context(state, self._context)
             cycle.task = task = create_task(self._loop, cycle.run(), context, self._plain_tasks)
             state.tasks.add(task)
 
@@ -436,9 +435,7 @@ class H1Protocol(EagerRequests, WriteFlow):
         if self._pipeline:
             next_cycle, head = self._pipeline.popleft()
             self._pipeline_progress = True
-            if self._out is None:
-                self._out = []
-                self._loop.call_soon(self._deferred_flush)
+            self._gather_writes()
             self._start(next_cycle, head)
             return
         if self._pending_error is not None:
@@ -506,8 +503,7 @@ class H1Protocol(EagerRequests, WriteFlow):
             # write at the end of this loop iteration, not one system call each (100 chunks of
             # 64 bytes: 1 write, not 100). Nothing waits longer: the loop runs the flush before
             # it blocks, and _write flushes past 64 pieces or FLUSH_BYTES.
-            self._out = []
-            self._loop.call_soon(self._deferred_flush)
+            self._gather_writes()
         if framing == w.FRAMING_CHUNKED:
             if len(body) > COPY_MAX_BYTES:
                 self._write_parts(_chunk_parts(body, end))
@@ -673,6 +669,13 @@ class H1Protocol(EagerRequests, WriteFlow):
             out.extend(parts)
             self._flush()
             self._out = []
+
+    def _gather_writes(self) -> None:
+        """From now until the end of this loop iteration (or longer, while pipelined requests
+        go on being answered: _deferred_flush), writes are gathered in ``_out``."""
+        if self._out is None:
+            self._out = []
+            self._loop.call_soon(self._deferred_flush)
 
     def _deferred_flush(self) -> None:
         """Write gathered pipelined responses once a loop iteration completes none (and the

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, cast
 from urllib.parse import quote
 
 from sleipnir.asgi.http_cycle import BODY_HIGH_WATER_BYTES, ASGIError, HTTPCycle, http_scope
-from sleipnir.transport.eager import create_task
+from sleipnir.transport.eager import create_task, request_context
 from sleipnir.transport.flow import WriteFlow
 from sleipnir.wire import h2
 from sleipnir.wire.h1 import H1Error, H1Parser, Headers, RequestHead, declared_length
@@ -597,7 +597,7 @@ class H2Protocol(WriteFlow):
             return  # a refused WebSocket handshake, answered
         # Each stream's app runs in its own task, with its own copy of the connection's
         # starting context (never another stream's), as HTTP/1.1 requests do.
-        context = contextvars.Context() if state.reset_contextvars else self._context.copy()
+        context = request_context(state, self._context)
         cycle.task = task = create_task(self.loop, run, context, self._plain_tasks)
         state.tasks.add(task)
 
