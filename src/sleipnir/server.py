@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from sleipnir.asgi.http_cycle import AppContext
 from sleipnir.asgi.lifespan import Lifespan, LifespanFailure
@@ -243,8 +243,9 @@ class Server:
                 )
         loop = asyncio.get_running_loop()
 
-        def factory() -> H1Protocol:
-            return H1Protocol(state)
+        def factory() -> asyncio.Protocol:
+            # (H1Protocol is not an asyncio.Protocol subclass: transport/flow.py says why)
+            return cast(asyncio.Protocol, H1Protocol(state))
 
         for sock in sockets:
             server = await loop.create_server(

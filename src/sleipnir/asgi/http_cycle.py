@@ -29,8 +29,9 @@ import asyncio
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from sleipnir.asgi.contract import ASGIError, ReadOnlyOptions
 from sleipnir.wire.h1 import Headers, RequestHead
 from sleipnir.wire.h1_writer import ResponseHeaderError, check_fields
 
@@ -108,20 +109,7 @@ _ERROR_HEADERS: Headers = [
 ]
 
 
-class _Options(dict[str, Any]):
-    """The (empty) options of an advertised extension: one object shared by every scope, so
-    read-only (an app cannot change what the next request sees; still a dict to the app)."""
-
-    __slots__ = ()
-
-    def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise TypeError("the options of an ASGI extension are read-only")
-
-    __setitem__ = __delitem__ = __ior__ = _read_only
-    clear = pop = popitem = setdefault = update = _read_only
-
-
-_NO_OPTIONS = _Options()
+_NO_OPTIONS = ReadOnlyOptions()
 # Advertised to every request, over both protocols (as hypercorn and uvicorn's HTTP/2 do):
 # an extension is a message contract, and the cycle keeps it either way; whether trailer
 # fields reach the client is the request's (TE: trailers) and the framing's business
@@ -171,10 +159,6 @@ def http_scope(
         # A copy of a template: cheaper than building even a one-entry dict (measured).
         "extensions": extensions.copy(),
     }
-
-
-class ASGIError(RuntimeError):
-    """The application broke the ASGI message contract."""
 
 
 class HTTPStream(Protocol):

@@ -27,7 +27,8 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sleipnir.asgi.http_cycle import ASGIError, HTTPCycle, check_headers, log_app_failure
+from sleipnir.asgi.contract import ASGIError
+from sleipnir.asgi.http_cycle import HTTPCycle, check_headers, log_app_failure
 from sleipnir.wire.h1 import Headers
 from sleipnir.wire.ws import CLOSE_ABNORMAL, CLOSE_INTERNAL_ERROR, CLOSE_NORMAL
 

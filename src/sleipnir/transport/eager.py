@@ -24,6 +24,8 @@ from asyncio.tasks import _enter_task, _leave_task
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
+from mypy_extensions import trait
+
 from sleipnir.asgi.http_cycle import HTTPCycle
 
 if TYPE_CHECKING:
@@ -69,6 +71,7 @@ async def _awaited(awaitable: Awaitable[None]) -> None:
     await awaitable
 
 
+@trait  # a mixin of H1Protocol: a compiled build allows one base class and traits
 class EagerRequests:
     """The runner of one HTTP/1.1 connection; the connection sets the attributes below."""
 

@@ -11,8 +11,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from mypy_extensions import mypyc_attr
 
-class WriteFlow(asyncio.Protocol):
+
+# A compiled build (docs/architecture.md, "Compiled build") compiles this class and H1Protocol;
+# H2Protocol and WSConnection stay interpreted subclasses. It is not an asyncio.Protocol
+# subclass (mypyc compiles no subclass of an interpreted class): the loop needs only the methods.
+@mypyc_attr(allow_interpreted_subclasses=True)
+class WriteFlow:
     """``pause_writing``/``resume_writing`` turned into an awaitable ``drain``."""
 
     write_paused: bool

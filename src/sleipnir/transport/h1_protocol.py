@@ -32,7 +32,8 @@ import contextvars
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
-from sleipnir.asgi.http_cycle import BODY_HIGH_WATER_BYTES, ASGIError, HTTPCycle, http_scope
+from sleipnir.asgi.contract import ASGIError
+from sleipnir.asgi.http_cycle import BODY_HIGH_WATER_BYTES, HTTPCycle, http_scope
 from sleipnir.asgi.ws_cycle import WSCycle, websocket_scope
 from sleipnir.transport.eager import EagerRequests, create_task, request_context
 from sleipnir.transport.flow import WriteFlow
@@ -73,7 +74,7 @@ def _address(info: Any) -> tuple[str, int] | None:
     return None
 
 
-class H1Protocol(EagerRequests, WriteFlow):
+class H1Protocol(WriteFlow, EagerRequests):
     """One HTTP/1.1 connection."""
 
     def __init__(self, state: ServerState) -> None:
@@ -594,7 +595,8 @@ class H1Protocol(EagerRequests, WriteFlow):
 
     def _close_if_idle(self) -> None:
         # (unless the connection has been handed to the HTTP/2 or WebSocket protocol)
-        if self.cycle is None and not self._pipeline and self.transport.get_protocol() is self:
+        ours = self.transport.get_protocol() is cast(object, self)
+        if ours and self.cycle is None and not self._pipeline:
             self._close()
 
     def _fail_request(self, exc: H1Error) -> None:

@@ -50,7 +50,8 @@ import logging
 from typing import TYPE_CHECKING, cast
 from urllib.parse import quote
 
-from sleipnir.asgi.http_cycle import BODY_HIGH_WATER_BYTES, ASGIError, HTTPCycle, http_scope
+from sleipnir.asgi.contract import ASGIError
+from sleipnir.asgi.http_cycle import BODY_HIGH_WATER_BYTES, HTTPCycle, http_scope
 from sleipnir.transport.eager import create_task, request_context
 from sleipnir.transport.flow import WriteFlow
 from sleipnir.wire import h2
@@ -410,7 +411,7 @@ class H2Protocol(WriteFlow):
 
     def _attach(self, data: bytes) -> None:
         transport = self.transport
-        transport.set_protocol(self)
+        transport.set_protocol(cast(asyncio.BaseProtocol, self))  # (transport/flow.py)
         state = self.state
         state.clock.connections.add(self)
         if not transport.is_reading():

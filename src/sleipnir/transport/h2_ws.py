@@ -43,9 +43,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sleipnir.asgi.http_cycle import ASGIError, HTTPCycle
+from sleipnir.asgi.contract import ASGIError
+from sleipnir.asgi.http_cycle import HTTPCycle
 from sleipnir.asgi.ws_cycle import WSCycle, websocket_scope
 from sleipnir.transport.h2_protocol import H2Stream
 from sleipnir.transport.ws_protocol import WSConnection
@@ -231,7 +232,7 @@ class H2StreamTransport(asyncio.Transport):
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         assert self._protocol is not None
-        return self._protocol
+        return cast(asyncio.BaseProtocol, self._protocol)  # (transport/flow.py)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._conn.transport.get_extra_info(name, default)

@@ -99,7 +99,7 @@ class WSConnection(WriteFlow):
         """Send the 101 (b"" over HTTP/2: the 200 went out as HEADERS), take the transport
         over, and parse what arrived with the handshake."""
         transport = self.transport
-        transport.set_protocol(self)
+        transport.set_protocol(cast(asyncio.BaseProtocol, self))  # (transport/flow.py)
         transport.write(response_head)
         self._state.clock.connections.add(self)
         self._schedule_ping()

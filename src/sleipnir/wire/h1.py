@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import unquote_to_bytes
 
+from mypy_extensions import mypyc_attr
+
 Headers = list[tuple[bytes, bytes]]
 
 # Searching bytes is surprisingly dear on the hot path (callgrind, CPython 3.11): ``sub in data``
@@ -29,6 +31,7 @@ Headers = list[tuple[bytes, bytes]]
 # ``translate``, or a search in an already decoded str instead.
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # wire/ws.HandshakeError (not compiled)
 class H1Error(Exception):
     """A request that cannot be served; answered with ``status`` (and ``headers``, such as the
     426's ``sec-websocket-version``), then the connection is closed."""
