@@ -19,8 +19,10 @@ Modes:
     plot     [RESULTS_DIR] draw targets.png from a targets run (default: the newest)
 
 The harness needs only the standard library. It installs what it runs: wrk via apt if missing,
-and a venv ($BENCH_WORK/venv) with the pinned requirements.txt and sleipnir from this checkout
-(editable, so the working tree is what gets measured). See README.md in this folder.
+and a venv ($BENCH_WORK/venv) with the pinned requirements.txt and sleipnir from this checkout:
+its compiled build (scripts/compiled-wheel; rebuilt whenever src/ changes, so the working tree is
+what gets measured), or with --source the checkout itself, editable and interpreted. See
+README.md in this folder.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -130,13 +133,14 @@ DEFAULT_SERVERS = ["sleipnir", BASELINE]
 REQUIREMENT_FILES = {
     "base": ["-r", str(BENCH_DIR / "requirements.txt")],
     "peers": ["-r", str(BENCH_DIR / "requirements-peers.txt")],
-    "sleipnir": ["-e", f"{REPO}[standard]", "-c", str(BENCH_DIR / "requirements.txt")],
+    # (the compiled build's wheel, or with --source this checkout: install_sleipnir)
+    "sleipnir": ["[standard]", "-c", str(BENCH_DIR / "requirements.txt")],
     "plot": ["-r", str(BENCH_DIR / "requirements-plot.txt")],  # bench/plot.py only
 }
 STAMP_INPUTS = {
     "base": [BENCH_DIR / "requirements.txt"],
     "peers": [BENCH_DIR / "requirements-peers.txt"],
-    "sleipnir": [REPO / "pyproject.toml"],
+    "sleipnir": [REPO / "pyproject.toml", *sorted((REPO / "src").rglob("*.py"))],
     "plot": [BENCH_DIR / "requirements-plot.txt"],
 }
 
@@ -263,15 +267,16 @@ def base_python() -> str:
     sys.exit("no Python >= 3.10 found for the bench venv (set BENCH_PYTHON)")
 
 
-def stamp_of(key: str) -> str:
-    h = hashlib.sha256(key.encode())
+def stamp_of(key: str, source: bool) -> str:
+    h = hashlib.sha256(key.encode() + (b" source" if source and key == "sleipnir" else b""))
     for path in STAMP_INPUTS[key]:
         h.update(path.read_bytes())
     return h.hexdigest()
 
 
-def ensure_venv(needs: Iterable[str]) -> None:
-    """Create the venv and (re)install each needed requirement set whose inputs changed."""
+def ensure_venv(needs: Iterable[str], source: bool = False) -> None:
+    """Create the venv and (re)install each needed requirement set whose inputs changed;
+    sleipnir's compiled build, or with ``source`` this checkout, editable."""
     py = VBIN / "python"
     if not py.exists():
         base = base_python()
@@ -281,12 +286,34 @@ def ensure_venv(needs: Iterable[str]) -> None:
         pip(["--upgrade", "pip"])
     for key in sorted(needs, key=list(REQUIREMENT_FILES).index):
         stamp_file = VENV / f".bench-installed-{key}"
-        want = stamp_of(key)
+        want = stamp_of(key, source)
         if stamp_file.exists() and stamp_file.read_text() == want:
             continue
-        log(f"[setup] pip installing {key} into {VENV}")
-        pip(REQUIREMENT_FILES[key])
+        if key == "sleipnir":
+            install_sleipnir(source)
+        else:
+            log(f"[setup] pip installing {key} into {VENV}")
+            pip(REQUIREMENT_FILES[key])
         stamp_file.write_text(want)
+
+
+def install_sleipnir(source: bool) -> None:
+    extra, *constraints = REQUIREMENT_FILES["sleipnir"]
+    subprocess.run([str(VBIN / "python"), "-m", "pip", "uninstall", "-q", "-y", "sleipnir"])
+    if source:
+        log(f"[setup] pip installing this checkout (editable, interpreted) into {VENV}")
+        pip(["-e", f"{REPO}{extra}", *constraints])
+        return
+    log(f"[setup] building sleipnir's compiled wheel (scripts/compiled-wheel) for {VENV}")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run(
+            [str(REPO / "scripts" / "compiled-wheel"), str(VBIN / "python"), tmp],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if out.returncode:
+            sys.exit("scripts/compiled-wheel failed")
+        pip([out.stdout.strip() + extra, *constraints])
 
 
 def pip(args: Sequence[str]) -> None:
@@ -308,6 +335,8 @@ def versions() -> dict[str, str]:
         "          'granian', 'hypercorn']:\n"
         "    try: print(p, m.version(p))\n"
         "    except Exception: pass\n"
+        "from sleipnir.cli import compiled_build\n"
+        "print('sleipnir-build', 'compiled' if compiled_build() else 'source')\n"
     )
     out = subprocess.run([str(VBIN / "python"), "-c", code], capture_output=True, text=True)
     found = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
@@ -1219,6 +1248,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--aa", action="store_true", help="add a copy of the baseline (noise floor)")
     ap.add_argument("--no-check", action="store_true", help="skip the functional check")
     ap.add_argument("--no-setup", action="store_true", help="do not install anything")
+    ap.add_argument(
+        "--source",
+        action="store_true",
+        help="measure this checkout interpreted (editable install), not its compiled build",
+    )
     ap.add_argument("--out", type=Path, help="results dir (default bench/results/<timestamp>)")
     ap.add_argument("--png", type=Path, help="targets and plot modes: where to write the plot")
     args = ap.parse_args(argv)
@@ -1335,7 +1369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_setup:
         ensure_tools()
         needs = set().union(*(PRESETS[n].needs for n in running or names))
-        ensure_venv(needs | ({"plot"} if targets else set()))
+        ensure_venv(needs | ({"plot"} if targets else set()), args.source)
     vers = versions()
     if args.mode == "setup":
         print(json.dumps(vers, indent=1))

@@ -24,6 +24,12 @@ ensure_venv() {
     rm -rf "$dir"
     "$py" -m venv "$dir"
   fi
+  # Extension modules in src/ (a compiled build made in this tree rather than by
+  # scripts/compiled-wheel) would be imported instead of the .py files: remove them.
+  if [ -n "$(find src -name '*.so' -print -quit)" ]; then
+    echo "${0##*/}: removing compiled modules from src/ (build them with scripts/compiled-wheel)" >&2
+    find src -name '*.so' -delete
+  fi
   stamp="$dir/.installed-$extra"
   want="$(cat pyproject.toml <("$dir/bin/python" -VV) | sha256sum | cut -d' ' -f1)"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
@@ -31,6 +37,29 @@ ensure_venv() {
     pip_install "$dir" --upgrade pip
     pip_install "$dir" -e ".[$extra]"
     echo "$want" >"$stamp"
+  fi
+}
+
+# ensure_compiled_venv DIR PYTHON: DIR with the compiled build (scripts/compiled-wheel) and the
+# dev extra, installed from the wheel, not editable; rebuilt when pyproject.toml or src/ changed.
+ensure_compiled_venv() {
+  local dir="$1" py="$2" want wheels wheel
+  if ! "$dir/bin/python" -c '' 2>/dev/null; then
+    echo "${0##*/}: creating $dir with $("$py" -c 'import sys; print(sys.executable)')" >&2
+    rm -rf "$dir"
+    "$py" -m venv "$dir"
+    pip_install "$dir" --upgrade pip
+  fi
+  want="$({ cat pyproject.toml; find src -name '*.py' | LC_ALL=C sort | xargs cat
+    "$dir/bin/python" -VV; } | sha256sum | cut -d' ' -f1)"
+  if [ "$(cat "$dir/.installed-compiled" 2>/dev/null)" != "$want" ]; then
+    echo "${0##*/}: building the compiled wheel and installing it with [dev] into $dir" >&2
+    wheels="$(mktemp -d)"
+    wheel="$(scripts/compiled-wheel "$dir/bin/python" "$wheels")"
+    "$dir/bin/python" -m pip uninstall -q -y sleipnir 2>/dev/null || true
+    pip_install "$dir" "$wheel[dev]"
+    rm -rf "$wheels"
+    echo "$want" >"$dir/.installed-compiled"
   fi
 }
 

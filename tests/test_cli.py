@@ -274,7 +274,9 @@ def test_main_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 EXPECTED_VERSION = (
     f"sleipnir {__version__} with {platform.python_implementation()} "
-    f"{platform.python_version()} on {platform.system()}\n"
+    f"{platform.python_version()} on {platform.system()}"
+    + (" (compiled with mypyc)" if cli.compiled_build() else "")
+    + "\n"
 )
 
 

@@ -16,10 +16,19 @@ from typing import Any, NoReturn
 from sleipnir._version import __version__
 from sleipnir.config import SETTINGS, Config, Setting, check_value, parse_text
 
-__all__ = ["build_config", "build_parser", "main", "version_line"]
+__all__ = ["build_config", "build_parser", "compiled_build", "main", "version_line"]
 
 APP_ENV = "SLEIPNIR_APP"
 _TYPE_METAVARS: dict[type[Any], str] = {int: "INT", float: "FLOAT"}
+
+
+def compiled_build() -> bool:
+    """True when the HTTP/1.1 request path is compiled with mypyc (docs/architecture.md,
+    "Compiled build"); found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sleipnir.transport.h1_protocol")
+    return spec is not None and not str(spec.origin).endswith(".py")
 
 
 def version_line() -> str:
@@ -27,7 +36,8 @@ def version_line() -> str:
     import platform
 
     python = f"{platform.python_implementation()} {platform.python_version()}"
-    return f"sleipnir {__version__} with {python} on {platform.system()}"
+    build = " (compiled with mypyc)" if compiled_build() else ""
+    return f"sleipnir {__version__} with {python} on {platform.system()}{build}"
 
 
 class _VersionAction(argparse.Action):
