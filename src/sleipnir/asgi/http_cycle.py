@@ -29,7 +29,7 @@ import asyncio
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from sleipnir.asgi.contract import ASGIError, ReadOnlyOptions
 from sleipnir.wire.h1 import Headers, RequestHead
@@ -42,28 +42,29 @@ if TYPE_CHECKING:
 logger = logging.getLogger("sleipnir.error")
 
 # Above this many unread body bytes the connection stops reading until the app receives.
-BODY_HIGH_WATER_BYTES = 65536
+BODY_HIGH_WATER_BYTES: Final = 65536
 # pathsend reads the file in pieces of this size (one executor round trip each).
-PATHSEND_CHUNK_BYTES = 256 * 1024
+PATHSEND_CHUNK_BYTES: Final = 256 * 1024
 
-_START = 0
-_BODY = 1
-_DONE = 2
-_TBODY = 3  # body messages of a response that announced trailers
-_TRAILERS = 4  # the body is complete; http.response.trailers messages until more_trailers is false
-_EXPECTED = {
+_START: Final = 0
+_BODY: Final = 1
+_DONE: Final = 2
+_TBODY: Final = 3  # body messages of a response that announced trailers
+# The body is complete; http.response.trailers messages until more_trailers is false.
+_TRAILERS: Final = 4
+_EXPECTED: Final = {
     _START: "http.response.start",
     _BODY: "http.response.body",
     _TBODY: "http.response.body",
     _TRAILERS: "http.response.trailers",
 }
-_HINT_STATES = (_START, _BODY, _TBODY)  # and the head not yet sent
-_PUSH_STATES = (_START, _BODY, _TBODY)
+_HINT_STATES: Final = (_START, _BODY, _TBODY)  # and the head not yet sent
+_PUSH_STATES: Final = (_START, _BODY, _TBODY)
 
 # Trailer fields a sender must not generate (RFC 9110 §6.5.1: framing, routing, request
 # modifiers, authentication, response control data, content processing) and the
 # connection-specific ones: dropped from http.response.trailers, as a recipient would.
-FORBIDDEN_TRAILERS = frozenset(
+FORBIDDEN_TRAILERS: Final = frozenset(
     (
         b"content-length",
         b"transfer-encoding",
@@ -101,20 +102,20 @@ FORBIDDEN_TRAILERS = frozenset(
     )
 )
 
-_DISCONNECT: dict[str, Any] = {"type": "http.disconnect"}
-_EMPTY_BODY: dict[str, Any] = {"type": "http.request", "body": b"", "more_body": False}
-_ERROR_HEADERS: Headers = [
+_DISCONNECT: Final[dict[str, Any]] = {"type": "http.disconnect"}
+_EMPTY_BODY: Final[dict[str, Any]] = {"type": "http.request", "body": b"", "more_body": False}
+_ERROR_HEADERS: Final[Headers] = [
     (b"content-type", b"text/plain; charset=utf-8"),
     (b"connection", b"close"),
 ]
 
 
-_NO_OPTIONS = ReadOnlyOptions()
+_NO_OPTIONS: Final = ReadOnlyOptions()
 # Advertised to every request, over both protocols (as hypercorn and uvicorn's HTTP/2 do):
 # an extension is a message contract, and the cycle keeps it either way; whether trailer
 # fields reach the client is the request's (TE: trailers) and the framing's business
 # (docs/architecture.md, "ASGI HTTP extensions"). HTTP/2 adds http.response.push.
-EXTENSIONS: dict[str, Any] = {
+EXTENSIONS: Final[dict[str, Any]] = {
     "http.response.pathsend": _NO_OPTIONS,
     "http.response.trailers": _NO_OPTIONS,
     "http.response.early_hint": _NO_OPTIONS,
@@ -123,7 +124,7 @@ EXTENSIONS: dict[str, Any] = {
 
 # While a server drains (--shutdown-delay): a readiness endpoint checks for this extension and
 # answers "not ready", so that load balancers stop routing here before the listener closes.
-DRAINING_EXTENSIONS: dict[str, Any] = {**EXTENSIONS, "sleipnir.draining": _NO_OPTIONS}
+DRAINING_EXTENSIONS: Final[dict[str, Any]] = {**EXTENSIONS, "sleipnir.draining": _NO_OPTIONS}
 
 
 def http_scope(
@@ -324,14 +325,17 @@ class HTTPCycle:
         return message
 
     async def send(self, message: Message) -> None:
+        # A dict, as the spec says (any other mapping is copied into one): in a compiled build
+        # (docs/architecture.md) a dict's lookups are direct calls, a mapping's are not.
+        msg: dict[str, Any] = message if type(message) is dict else dict(message)
         if self._ctx.trace:
-            _trace("send", self.scope, message)
-        mtype = message["type"]
+            _trace("send", self.scope, msg)
+        mtype = msg["type"]
         if self._state == _BODY and mtype == "http.response.body":
-            body = message.get("body", b"")
+            body = msg.get("body", b"")
             if type(body) is not bytes:
                 body = _as_bytes(body)
-            more = message.get("more_body", False)
+            more = msg.get("more_body", False)
             if self.disconnected:
                 if not more:
                     self._state = _DONE
@@ -353,11 +357,11 @@ class HTTPCycle:
             elif self.stream.write_paused:
                 await self.stream.drain()
         elif self._state == _START and mtype == "http.response.start":
-            status = message.get("status")
+            status = msg.get("status")
             if type(status) is not int or not 100 <= status <= 999:
                 raise ASGIError(f"invalid status {status!r} in 'http.response.start'")
             self._status = status
-            headers = message.get("headers", ())
+            headers = msg.get("headers", ())
             if type(headers) is list:
                 # The usual case, a list of (bytes, bytes) tuples, is used as is: no copy.
                 for item in headers:
@@ -369,29 +373,29 @@ class HTTPCycle:
                 else:
                     self._headers = headers
                     self._state = _BODY
-                    if "trailers" in message:  # the one test the extensions cost a response
-                        self._announce_trailers(message["trailers"])
+                    if "trailers" in msg:  # the one test the extensions cost a response
+                        self._announce_trailers(msg["trailers"])
                     return
             self._headers = check_headers(headers)
             self._state = _BODY
-            if "trailers" in message:
-                self._announce_trailers(message["trailers"])
+            if "trailers" in msg:
+                self._announce_trailers(msg["trailers"])
         elif self._state == _TBODY and mtype == "http.response.body":
-            await self._send_body_before_trailers(message)
+            await self._send_body_before_trailers(msg)
         elif self._state == _TRAILERS and mtype == "http.response.trailers":
-            self._send_trailers(message)
+            self._send_trailers(msg)
         elif (
             (self._state == _BODY or self._state == _TBODY)
             and mtype == "http.response.pathsend"
             and not self.response_started
         ):
-            await self._send_path(message.get("path"))
+            await self._send_path(msg.get("path"))
         elif (
             mtype == "http.response.early_hint"
             and self._state in _HINT_STATES
             and not self.response_started
         ):
-            self._early_hint(message.get("links"))
+            self._early_hint(msg.get("links"))
         elif mtype == "http.response.push" and self._state in _PUSH_STATES:
             self._push(message)
         elif self._state == _DONE:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from typing import Final, Protocol
 
 from sleipnir.wire.h1_writer import DefaultHeaders
 
-MAX_TICK_S = 1.0
-MIN_TICK_S = 0.05
+MAX_TICK_S: Final = 1.0
+MIN_TICK_S: Final = 0.05
 
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")

@@ -22,21 +22,22 @@ import sys
 import types
 from asyncio.tasks import _enter_task, _leave_task
 from collections.abc import Awaitable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from mypy_extensions import trait
 
 from sleipnir.asgi.http_cycle import HTTPCycle
+from sleipnir.transport.stepping import FINISHED, step
 
 if TYPE_CHECKING:
     from sleipnir.transport.state import ServerState
 
 # A fixed task name: left unnamed, every task formats "Task-<n>" when it is created.
-TASK_NAME = "sleipnir.request"
+TASK_NAME: Final = "sleipnir.request"
 
 # Eager requests run without a task each (EagerRequests._drive). A read carrying a long pipeline
 # runs this many of them, then lets the loop serve other connections before the rest.
-EAGER_BATCH = 64
+EAGER_BATCH: Final = 64
 
 
 def create_task(
@@ -171,9 +172,9 @@ class EagerRequests:
         coro = cycle.run()
         self._stepping = True
         try:
-            yielded = context.run(coro.send, None)
-        except StopIteration:
-            return None
+            yielded = context.run(step, coro)  # (not coro.send: transport/stepping.py says why)
+            if yielded is FINISHED:
+                return None
         except asyncio.CancelledError:
             return None  # the app raised it itself: a task would end quietly too
         except (KeyboardInterrupt, SystemExit) as exc:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections import deque
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from sleipnir.asgi.contract import ASGIError
 from sleipnir.asgi.http_cycle import BODY_HIGH_WATER_BYTES, HTTPCycle, http_scope
@@ -48,14 +48,15 @@ if TYPE_CHECKING:
 
 # Graceful shutdown: how long an idle keep-alive connection stays open for a request already
 # on its way (H1Protocol.shutdown); the server's drain waits this long for idle connections.
-SHUTDOWN_GRACE_S = 0.25
-LINGER_S = 2.0  # how long to keep reading after an unread body before closing (RFC 9112 §9.6)
-FLUSH_BYTES = 65536  # gathered pipelined responses are written once they exceed this
+SHUTDOWN_GRACE_S: Final = 0.25
+# How long to keep reading after an unread body before closing (RFC 9112 §9.6).
+LINGER_S: Final = 2.0
+FLUSH_BYTES: Final = 65536  # gathered pipelined responses are written once they exceed this
 # A body up to this size is copied behind its head (one small write); a larger one is handed
 # to the transport beside it (one writev on uvloop), so a big body is never copied.
-COPY_MAX_BYTES = 16384
+COPY_MAX_BYTES: Final = 16384
 # RFC 9113 §3.4; wire/h2.PREFACE, not imported from there: that would import h2 (optional).
-_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 def make_parser(kind: str, handler: Any, state: ServerState) -> H1Parser:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 from urllib.parse import unquote_to_bytes
 
 from mypy_extensions import mypyc_attr
@@ -133,20 +133,20 @@ def decode_path(raw_path: bytes) -> str:
 
 
 # RFC 3986 §3.2.2 host (reg-name, IPv4, IP-literal) with an optional port (RFC 9110 §7.2).
-_HOST_RE = re.compile(
+_HOST_RE: Final = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?",
 )
 # Host values already found valid (a server sees few distinct ones); bounded so that a client
 # cannot grow it without limit.
-_GOOD_HOSTS: set[bytes] = set()
-_GOOD_HOSTS_MAX = 1024
-_CONTENT_LENGTH_RE = re.compile(rb"[0-9]+")
+_GOOD_HOSTS: Final[set[bytes]] = set()
+_GOOD_HOSTS_MAX: Final = 1024
+_CONTENT_LENGTH_RE: Final = re.compile(rb"[0-9]+")
 # A header value may hold any visible octet, SP, HTAB and obs-text (RFC 9110 §5.5).
 # llhttp refuses the rest itself; the h11 path checks with this (h11 lets some CTLs through).
-BAD_VALUE_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_ABSOLUTE_RE = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)([^#]*)")
-_MAX_CONTENT_LENGTH = 1 << 62
-_MAX_CONTENT_LENGTH_DIGITS = 19  # len(str(1 << 62)); h11 refuses more than 20 itself
+BAD_VALUE_RE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_ABSOLUTE_RE: Final = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)([^#]*)")
+_MAX_CONTENT_LENGTH: Final = 1 << 62
+_MAX_CONTENT_LENGTH_DIGITS: Final = 19  # len(str(1 << 62)); h11 refuses more than 20 itself
 
 
 def valid_host(host: bytes) -> bool:
@@ -247,13 +247,13 @@ def _other_version(http_version: str) -> str:
 
 
 # Request header names build_head must look at, by lowercase name.
-_HOST = 1
-_CONTENT_LENGTH = 2
-_TRANSFER_ENCODING = 3
-_CONNECTION = 4
-_EXPECT = 5
-_UPGRADE = 6
-_SPECIAL = {
+_HOST: Final = 1
+_CONTENT_LENGTH: Final = 2
+_TRANSFER_ENCODING: Final = 3
+_CONNECTION: Final = 4
+_EXPECT: Final = 5
+_UPGRADE: Final = 6
+_SPECIAL: Final = {
     b"host": _HOST,
     b"content-length": _CONTENT_LENGTH,
     b"transfer-encoding": _TRANSFER_ENCODING,

@@ -15,7 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from sleipnir.wire.h1_h11 import ChunkedFramingCheck
 
 # The usual methods' names, so that a request does not decode its own (a dict hit is cheaper).
-_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
+_METHODS: Final = {
+    m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+}
 
 
 class HttptoolsParser:

@@ -19,20 +19,21 @@ from __future__ import annotations
 
 import re
 from http import HTTPStatus
+from typing import Final
 
 from sleipnir.wire.h1 import Headers
 
-FRAMING_NONE = 0  # no body may follow (HEAD, 1xx, 204, 304)
-FRAMING_LENGTH = 1  # Content-Length
-FRAMING_CHUNKED = 2  # Transfer-Encoding: chunked
-FRAMING_CLOSE = 3  # body ends when the connection closes (HTTP/1.0 streaming)
+FRAMING_NONE: Final = 0  # no body may follow (HEAD, 1xx, 204, 304)
+FRAMING_LENGTH: Final = 1  # Content-Length
+FRAMING_CHUNKED: Final = 2  # Transfer-Encoding: chunked
+FRAMING_CLOSE: Final = 3  # body ends when the connection closes (HTTP/1.0 streaming)
 
-CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
-LAST_CHUNK = b"0\r\n\r\n"
-CRLF = b"\r\n"
+CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
+CRLF: Final = b"\r\n"
 
-_TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_KNOWN_NAMES_MAX = 4096  # bound on the cache of validated header names
+_TOKEN_RE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_KNOWN_NAMES_MAX: Final = 4096  # bound on the cache of validated header names
 
 
 class ResponseHeaderError(ValueError):
@@ -47,14 +48,16 @@ def _status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("ascii"))
 
 
-_STATUS_LINES = {status.value: _status_line(status.value) for status in HTTPStatus}
-_GOOD_NAMES: set[bytes] = set()
+_STATUS_LINES: Final = {status.value: _status_line(status.value) for status in HTTPStatus}
+# Header names already checked (tokens, RFC 9110 §5.1), each with its lowercase form: an app
+# sends the same few names again and again, so one dict hit replaces a check and a lower().
+_GOOD_NAMES: Final[dict[bytes, bytes]] = {}
 
 # What the writer must look at among the application's headers, by lowercase name.
-_CONTENT_LENGTH = 1
-_TRANSFER_ENCODING = 2
-_CONNECTION = 3
-_SPECIAL = {
+_CONTENT_LENGTH: Final = 1
+_TRANSFER_ENCODING: Final = 2
+_CONNECTION: Final = 3
+_SPECIAL: Final = {
     b"content-length": _CONTENT_LENGTH,
     b"transfer-encoding": _TRANSFER_ENCODING,
     b"connection": _CONNECTION,
@@ -85,12 +88,15 @@ def status_line(status: int) -> bytes:
     return line
 
 
-def _check_name(name: bytes) -> None:
-    """A name not yet in _GOOD_NAMES (the caller looks there first): check, then remember."""
+def _check_name(name: bytes) -> bytes:
+    """A name not yet in _GOOD_NAMES (the caller looks there first): check, remember, and
+    return its lowercase form."""
     if not _TOKEN_RE.fullmatch(name):
         raise ResponseHeaderError(f"invalid header name {name!r}")
+    lname = name.lower()
     if len(_GOOD_NAMES) < _KNOWN_NAMES_MAX:
-        _GOOD_NAMES.add(name)
+        _GOOD_NAMES[name] = lname
+    return lname
 
 
 def encode_head(
@@ -115,7 +121,7 @@ def encode_head(
     default_names = defaults.names
     lines = 0
     for name, value in headers:
-        lname = name.lower()
+        lname = _GOOD_NAMES.get(name) or _check_name(name)
         kind = _SPECIAL.get(lname)
         if kind is not None:
             if kind == _CONTENT_LENGTH:
@@ -126,8 +132,6 @@ def encode_head(
         if lname in default_names:
             overridden = overridden or set()
             overridden.add(lname)
-        if name not in _GOOD_NAMES:
-            _check_name(name)
         parts += (name, b": ", value, CRLF)
         lines += 1
     block = b"".join(parts)
