@@ -662,9 +662,9 @@ def _read_101(client: Client) -> None:
 @pytest.mark.parametrize("framing", FRAMINGS)
 @pytest.mark.parametrize("pipelined", [False, True], ids=["preface-after-101", "pipelined"])
 def test_h2c_upgrade_with_a_body(loop: str, parser: str, framing: str, pipelined: bool) -> None:
-    """The request's body is read as HTTP/1.1 after the 101 and is stream 1's; what follows
-    it (the client preface) is HTTP/2. ``pipelined``: the preface comes in the same write as
-    the body, so the server finds it in the bytes the HTTP/1.1 parser held."""
+    """The request's body is read as HTTP/1.1 (the 101 comes at its end) and is stream 1's;
+    what follows it (the client preface) is HTTP/2. ``pipelined``: the preface comes in the
+    same write as the body, so the server finds it in the bytes the HTTP/1.1 parser held."""
     body = bytes(range(256)) * (UPLOAD // 256)  # more than BODY_HIGH_WATER_BYTES
     with run_server(app, loop=loop, http=parser) as srv:
         client, settings = _upgrade_client(srv.connect())
@@ -769,24 +769,71 @@ def _frames(data: bytes) -> list[Frame]:
     return frames
 
 
-@pytest.mark.parametrize("later", [False, True], ids=["with-the-head", "after-the-101"])
-def test_h2c_upgrade_invalid_chunked_body_closes(parser: str, later: bool) -> None:
-    """Invalid chunked framing after the 101: the connection is no longer HTTP/1.1 and not
-    yet HTTP/2 (the client has sent no preface): GOAWAY PROTOCOL_ERROR, then close."""
-    with run_server(app, http=parser) as srv:
+first_chunk = threading.Event()
+
+
+async def first_chunk_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """Sets ``first_chunk`` once body bytes have arrived; reads the whole body and says how
+    many bytes it got."""
+    if scope["type"] != "http":
+        return
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        size += len(message["body"])
+        if size:
+            first_chunk.set()
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"%d" % size})
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_h2c_upgrade_101_waits_for_the_body(parser: str, framing: str) -> None:
+    """The 101 goes out once the request's body is complete, not before: curl stops sending
+    a body when a 101 comes while it uploads (the request then hangs; RFC 7540 §3.2 has the
+    whole request sent before HTTP/2 starts)."""
+    first_chunk.clear()
+    body = b"p" * 5000
+    with run_server(first_chunk_app, http=parser) as srv:
         client, settings = _upgrade_client(srv.connect())
-        request = _body_upgrade(b"/echo", settings, "chunked", b"x" * 10)
+        request = _body_upgrade(b"/", settings, framing, body)
+        part = len(request) - 4000
+        client.sock.sendall(request[:part])
+        assert first_chunk.wait(10)  # the app is reading the body: the upgrade went through
+        client.sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            client.sock.recv(1)  # and nothing was written: no 101 yet
+        client.sock.setblocking(True)
+        client.sock.settimeout(10)
+        client.sock.sendall(request[part:])
+        _read_101(client)
+        client.flush()
+        [response] = client.wait(1)
+    assert (response.status, bytes(response.body)) == (200, b"5000")
+
+
+@pytest.mark.parametrize("later", [False, True], ids=["with-the-head", "in-a-later-read"])
+def test_h2c_upgrade_invalid_chunked_body_closes(parser: str, later: bool) -> None:
+    """Invalid chunked framing in the body of an upgrade: the 101 (held until the body's end)
+    goes out, then GOAWAY PROTOCOL_ERROR, then close: the connection is no longer HTTP/1.1
+    and not yet HTTP/2 (the client has sent no preface)."""
+    first_chunk.clear()
+    with run_server(first_chunk_app, http=parser) as srv:
+        client, settings = _upgrade_client(srv.connect())
+        request = _body_upgrade(b"/", settings, "chunked", b"x" * 10)
         valid, bad = request[: -len(b"0\r\nx-trailer: 1\r\n\r\n")], b"zz\r\nbad\r\n"
         client.sock.settimeout(10)
-        if later:  # the head and a valid chunk, the 101, then the invalid chunk-size line
+        if later:  # the head and a valid chunk, read as such, then the invalid chunk-size line
             client.sock.sendall(valid)
-            received = b""
-            while b"\r\n\r\n" not in received:
-                received += client.sock.recv(1 << 16)
+            assert first_chunk.wait(10)
             client.sock.sendall(bad)
         else:
             client.sock.sendall(valid + bad)
-            received = b""
+        received = b""
         while chunk := client.sock.recv(1 << 16):
             received += chunk
     head, _, rest = received.partition(b"\r\n\r\n")

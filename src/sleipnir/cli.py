@@ -23,7 +23,7 @@ _TYPE_METAVARS: dict[type[Any], str] = {int: "INT", float: "FLOAT"}
 
 
 def compiled_build() -> bool:
-    """True when the HTTP/1.1 request path is compiled with mypyc (docs/architecture.md,
+    """True when the request paths are compiled with mypyc (docs/architecture.md,
     "Compiled build"); found without importing it."""
     import importlib.util
 

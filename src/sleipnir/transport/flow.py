@@ -14,8 +14,8 @@ from collections.abc import Callable
 from mypy_extensions import mypyc_attr
 
 
-# A compiled build (docs/architecture.md, "Compiled build") compiles this class and H1Protocol;
-# H2Protocol and WSConnection stay interpreted subclasses. It is not an asyncio.Protocol
+# A compiled build (docs/architecture.md, "Compiled build") compiles this class, H1Protocol and
+# H2Protocol; WSConnection stays an interpreted subclass. It is not an asyncio.Protocol
 # subclass (mypyc compiles no subclass of an interpreted class): the loop needs only the methods.
 @mypyc_attr(allow_interpreted_subclasses=True)
 class WriteFlow:

@@ -192,7 +192,7 @@ class H1Protocol(WriteFlow, EagerRequests):
         try:
             self.parser.feed(data)
         except H1Error as exc:
-            if self._h2c is not None:  # in the body of an h2c Upgrade request: after the 101
+            if self._h2c is not None:  # in the body of an h2c Upgrade request (it took over)
                 self._h2c.upgrade_failed(exc)
                 return
             self._fail_request(exc)

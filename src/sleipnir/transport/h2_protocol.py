@@ -47,8 +47,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 from urllib.parse import quote
+
+from mypy_extensions import mypyc_attr
 
 from sleipnir.asgi.contract import ASGIError
 from sleipnir.asgi.http_cycle import BODY_HIGH_WATER_BYTES, HTTPCycle, http_scope
@@ -66,15 +68,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("sleipnir.error")
 
-_NO_BODY_STATUS = frozenset((204, 304))
+_NO_BODY_STATUS: Final = frozenset((204, 304))
 # Why reading the socket is paused (H2Protocol._read_blocks); it resumes when none is left.
-_WRITE_FULL = 1  # the transport's write buffer is above its high-water mark
-_UPGRADE_UNREAD = 2  # stream 1's app has more than BODY_HIGH_WATER_BYTES of the h2c body unread
-OUT_BATCH_BYTES = 65536  # asyncio's default write-buffer high-water mark
+_WRITE_FULL: Final = 1  # the transport's write buffer is above its high-water mark
+# Stream 1's app has more than BODY_HIGH_WATER_BYTES of the h2c body unread.
+_UPGRADE_UNREAD: Final = 2
+OUT_BATCH_BYTES: Final = 65536  # asyncio's default write-buffer high-water mark
 # A pushed path is the ASGI (decoded) path: what RFC 3986 allows in a path stays as it is.
-_PATH_SAFE = "/!$&'()*+,;=:@"
+_PATH_SAFE: Final = "/!$&'()*+,;=:@"
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # transport/h2_ws.H2WebSocket (not compiled)
 class H2Stream:
     """One request/response exchange on an HTTP/2 connection (the cycle's ``HTTPStream``)."""
 
@@ -371,6 +375,7 @@ class H2Protocol(WriteFlow):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._out: list[bytes] | None = None
         self._out_bytes = 0
+        self._held: list[bytes] | None = None  # writes waiting for an h2c Upgrade's body
         self._closed = False
         self._client_goaway = False
         self._read_blocks = 0  # _WRITE_FULL | _UPGRADE_UNREAD: reading is paused while nonzero
@@ -388,10 +393,10 @@ class H2Protocol(WriteFlow):
         self, switching: bytes, settings: bytes, head: RequestHead, parser: H1Parser
     ) -> bool:
         """h2c Upgrade (RFC 7540 §3.2), called from the HTTP/1.1 ``parser``'s ``on_request``:
-        ``switching`` (the 101), our preface, and the request as stream 1. The parser is
-        stopped: it goes on reading the request's body, if any, for stream 1 (half-closed
-        remote once the body is complete), and holds what follows, the client's preface,
-        which is fed to the codec once the parser has returned. False (nothing written, the
+        ``switching`` (the 101; held until the body's end, if one follows), our preface, and
+        the request as stream 1. The parser is stopped: it goes on reading the request's body,
+        if any, for stream 1 (half-closed remote once the body is complete), and holds what
+        follows, the client's preface, which is fed to the codec once the parser has returned. False (nothing written, the
         transport and the parser untouched) when ``HTTP2-Settings`` is invalid."""
         codec = self.codec
         try:
@@ -400,9 +405,18 @@ class H2Protocol(WriteFlow):
             return False
         queued = self._out or []  # a refusal of stream 1 (503) goes after the 101
         self._out = None
-        self.write(switching + preface)
-        for chunk in queued:
-            self.write(chunk)
+        if codec.upgrade_pending:
+            # A body follows: the 101 waits for its end (_release_held). curl (7.88) stops
+            # sending a request's body once a 101 has come (the rest never arrives, and the
+            # request hangs), and RFC 7540 §3.2 has the whole request sent before HTTP/2
+            # starts. Meanwhile stream 1's app may answer: its first frames wait here too,
+            # and its sends wait as for a full socket buffer (WriteFlow), so no more gather.
+            self._held = [switching + preface, *queued]
+            WriteFlow.pause_writing(self)  # (not ours, which would stop reading the body)
+        else:
+            self.write(switching + preface)
+            for chunk in queued:
+                self.write(chunk)
         self.upgrade_parser = parser
         parser.stop(_UpgradeBody(self) if codec.upgrade_pending else None)
         self._attach(b"")
@@ -449,7 +463,7 @@ class H2Protocol(WriteFlow):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self._out = None
+        self._out = self._held = None
         self.upgrade_parser = None
         self.state.clock.connections.discard(self)
         for stream in list(self.streams.values()):
@@ -521,7 +535,19 @@ class H2Protocol(WriteFlow):
     def upgrade_complete(self) -> None:
         if self.codec.upgrade_pending:
             self.codec.upgrade_complete()
+        self._release_held()
         self._unblock_reading(_UPGRADE_UNREAD)  # HTTP/2 frames next: the windows bound them
+
+    def _release_held(self) -> None:
+        """The h2c Upgrade request's body is complete (or broken): the 101, our preface and
+        what stream 1 sent behind them go out, and stream 1's sends resume."""
+        held = self._held
+        if held is None:
+            return
+        self._held = None
+        WriteFlow.resume_writing(self)  # first: writing the held bytes may pause it again
+        for data in held:
+            self.write(data)
 
     def upgrade_flow(self) -> None:
         """Pause reading while stream 1's app has more than BODY_HIGH_WATER_BYTES of the
@@ -553,6 +579,7 @@ class H2Protocol(WriteFlow):
             self._client_label,
             exc.reason,
         )
+        self._release_held()  # the 101 has to go first
         self.write(self.codec.goaway(h2.PROTOCOL_ERROR))
         self._close()
 
@@ -769,6 +796,10 @@ class H2Protocol(WriteFlow):
     def write(self, data: bytes) -> None:
         """Queue bytes for the end of this loop iteration (one write for many streams)."""
         if not data or self._closed:
+            return
+        held = self._held
+        if held is not None:
+            held.append(data)
             return
         out = self._out
         if out is None:

@@ -96,8 +96,8 @@ class HttptoolsParser:
         self._feed_bytes = len(data)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._upgraded(data[exc.args[0] :])
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgraded(data[upgrade.args[0] :])
         except httptools.HttpParserError as exc:
             self._parser_error(exc)
         if self._in_head:

@@ -35,7 +35,7 @@ import base64
 import binascii
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from h2.config import H2Configuration
 from h2.connection import AllowedStreamIDs, H2Connection
@@ -68,24 +68,34 @@ from sleipnir.wire.h2_fields import (
 from sleipnir.wire.h2_hpack import MemoDecoder, MemoEncoder
 from sleipnir.wire.h2_limits import H2Limits as H2Limits  # (re-exported: the codec API)
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-NO_ERROR = int(ErrorCodes.NO_ERROR)
-PROTOCOL_ERROR = int(ErrorCodes.PROTOCOL_ERROR)
-INTERNAL_ERROR = int(ErrorCodes.INTERNAL_ERROR)
-FRAME_SIZE_ERROR = int(ErrorCodes.FRAME_SIZE_ERROR)
-REFUSED_STREAM = int(ErrorCodes.REFUSED_STREAM)
-CANCEL = int(ErrorCodes.CANCEL)
-COMPRESSION_ERROR = int(ErrorCodes.COMPRESSION_ERROR)
-ENHANCE_YOUR_CALM = int(ErrorCodes.ENHANCE_YOUR_CALM)
+NO_ERROR: Final = int(ErrorCodes.NO_ERROR)
+PROTOCOL_ERROR: Final = int(ErrorCodes.PROTOCOL_ERROR)
+INTERNAL_ERROR: Final = int(ErrorCodes.INTERNAL_ERROR)
+FRAME_SIZE_ERROR: Final = int(ErrorCodes.FRAME_SIZE_ERROR)
+REFUSED_STREAM: Final = int(ErrorCodes.REFUSED_STREAM)
+CANCEL: Final = int(ErrorCodes.CANCEL)
+COMPRESSION_ERROR: Final = int(ErrorCodes.COMPRESSION_ERROR)
+ENHANCE_YOUR_CALM: Final = int(ErrorCodes.ENHANCE_YOUR_CALM)
 
 # Frame types and flags (RFC 9113 §6).
-_DATA, _HEADERS, _PRIORITY, _RST, _SETTINGS, _PING, _GOAWAY, _CONTINUATION = 0, 1, 2, 3, 4, 6, 7, 9
-_WINDOW_UPDATE = 8
-_END_STREAM = _ACK = 0x1
-_END_HEADERS, _PADDED, _PRIO = 0x4, 0x8, 0x20
-_MAX_STREAMS_H2 = 2**31 - 1  # what h2 itself enforces: the real limit is counted here
-_STATUS = {s: b"%d" % s for s in range(100, 600)}
+_DATA: Final = 0
+_HEADERS: Final = 1
+_PRIORITY: Final = 2
+_RST: Final = 3
+_SETTINGS: Final = 4
+_PING: Final = 6
+_GOAWAY: Final = 7
+_CONTINUATION: Final = 9
+_WINDOW_UPDATE: Final = 8
+_END_STREAM: Final = 0x1
+_ACK: Final = 0x1
+_END_HEADERS: Final = 0x4
+_PADDED: Final = 0x8
+_PRIO: Final = 0x20
+_MAX_STREAMS_H2: Final = 2**31 - 1  # what h2 itself enforces: the real limit is counted here
+_STATUS: Final = {s: b"%d" % s for s in range(100, 600)}
 
 
 class H2ConnectionError(Exception):
@@ -254,8 +264,8 @@ class H2Codec:
             raise ValueError("HTTP2-Settings is not a SETTINGS payload")
         try:
             self._conn.initiate_upgrade_connection(value)
-        except ProtocolError as exc:  # an invalid setting value
-            raise ValueError(f"HTTP2-Settings: {exc}") from exc
+        except ProtocolError as error:  # an invalid setting value (a name of its own: mypyc)
+            raise ValueError(f"HTTP2-Settings: {error}") from error
         out = self._preface()
         self._live[1] = 0
         self._upgrade_body = any(
@@ -515,8 +525,8 @@ class H2Codec:
         except Malformed as exc:
             self._refuse(sid, PROTOCOL_ERROR, str(exc))
             return
-        except Refused as exc:
-            self._refuse(sid, 0, str(exc), exc.status)
+        except Refused as refused:  # (not "exc" again: one name has one type in mypyc)
+            self._refuse(sid, 0, str(refused), refused.status)
             return
         self._live[sid] = 0
         if event.stream_ended is None:
@@ -775,7 +785,7 @@ class H2Codec:
 
 _ACT_SELF_HEADERS, _ACT_SELF_PRIORITY, _ACT_GOAWAY = 1, 2, 3
 _ACT_PRIORITY_SIZE, _ACT_ZERO_WINDOW, _ACT_OPEN_TRAILERS = 4, 5, 6
-_STREAM_ERRORS = {
+_STREAM_ERRORS: Final = {
     _ACT_SELF_PRIORITY: PROTOCOL_ERROR,
     _ACT_PRIORITY_SIZE: FRAME_SIZE_ERROR,
     _ACT_ZERO_WINDOW: PROTOCOL_ERROR,
@@ -784,7 +794,7 @@ _STREAM_ERRORS = {
 # without END_STREAM and is reset when they end it (_UNENDED).
 _BROKEN, _UNENDED = -1, -2
 _RESETS, _SETTINGS_N, _PINGS, _EMPTY = 0, 1, 2, 3
-_PUSHABLE = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
+_PUSHABLE: Final = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
 
 
 def error_name(code: int) -> str:

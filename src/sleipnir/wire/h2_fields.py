@@ -12,18 +12,21 @@ on the stream, such as 431).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final
 
 from sleipnir.wire.h1 import Headers, RequestHead, host_known_good, valid_host
 from sleipnir.wire.h1_writer import ResponseHeaderError
 
 # RFC 9113 §8.2.1: a field name is a lowercase token; §8.2.2: no connection-specific fields.
-_TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
-_METHOD_TOKEN = _TOKEN + b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_WS = (0x20, 0x09)
-_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+_TOKEN: Final = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+_METHOD_TOKEN: Final = _TOKEN + b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_WS: Final = (0x20, 0x09)
+_METHODS: Final = {
+    m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
+}
 
 _METHOD, _SCHEME, _AUTHORITY, _PATH, _PROTOCOL = range(5)
-_PSEUDO = {
+_PSEUDO: Final = {
     b":method": _METHOD,
     b":scheme": _SCHEME,
     b":authority": _AUTHORITY,
@@ -31,7 +34,7 @@ _PSEUDO = {
     b":protocol": _PROTOCOL,  # RFC 8441 §4, extended CONNECT only
 }
 _BAD, _TE, _HOST, _COOKIE, _EXPECT, _LENGTH = range(6)
-_SPECIAL = {
+_SPECIAL: Final = {
     b"": _BAD,  # an empty name (HPACK can encode one)
     b"connection": _BAD,
     b"keep-alive": _BAD,
@@ -45,10 +48,10 @@ _SPECIAL = {
     b"content-length": _LENGTH,
 }
 # Fields an h2c Upgrade request carried for HTTP/1.1 only (RFC 7540 §3.2, RFC 9113 §8.2.2).
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
 )
-_UPGRADE_ONLY = HOP_BY_HOP | {b"http2-settings"}
+_UPGRADE_ONLY: Final = HOP_BY_HOP | {b"http2-settings"}
 
 
 class Malformed(Exception):
@@ -205,7 +208,7 @@ def upgraded_request(head: RequestHead) -> RequestHead:
     )
 
 
-_STATUS = {s: b"%d" % s for s in range(100, 600)}
+_STATUS: Final = {s: b"%d" % s for s in range(100, 600)}
 # Response header names seen before -> the name to send (lowercased), b"" for one to drop.
 _NAMES: dict[bytes, bytes] = {}
 _NAMES_MAX = 4096
