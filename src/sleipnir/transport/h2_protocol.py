@@ -396,8 +396,9 @@ class H2Protocol(WriteFlow):
         ``switching`` (the 101; held until the body's end, if one follows), our preface, and
         the request as stream 1. The parser is stopped: it goes on reading the request's body,
         if any, for stream 1 (half-closed remote once the body is complete), and holds what
-        follows, the client's preface, which is fed to the codec once the parser has returned. False (nothing written, the
-        transport and the parser untouched) when ``HTTP2-Settings`` is invalid."""
+        follows, the client's preface, which is fed to the codec once the parser has returned.
+        False (nothing written, the transport and the parser untouched) when
+        ``HTTP2-Settings`` is invalid."""
         codec = self.codec
         try:
             preface = codec.initiate_upgrade(settings, head)  # starts stream 1
