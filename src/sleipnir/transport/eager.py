@@ -298,14 +298,11 @@ class EagerRequests:
                     thrown = exc
             self._stepping = True
             try:
-                if thrown is None:
-                    yielded = context.run(coro.send, None)
-                else:
-                    yielded = context.run(coro.throw, thrown)
-            except StopIteration:
-                return
+                yielded = context.run(step, coro, thrown)
             finally:
                 self._stepping = False
+            if yielded is FINISHED:
+                return
             thrown = None
             self._spawn_ready()  # its response let the next request start, but it goes on
 
