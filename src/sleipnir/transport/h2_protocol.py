@@ -412,12 +412,11 @@ class H2Protocol(WriteFlow):
             # request hangs), and RFC 7540 §3.2 has the whole request sent before HTTP/2
             # starts. Meanwhile stream 1's app may answer: its first frames wait here too,
             # and its sends wait as for a full socket buffer (WriteFlow), so no more gather.
-            self._held = [switching + preface, *queued]
+            self._held = []
             WriteFlow.pause_writing(self)  # (not ours, which would stop reading the body)
-        else:
-            self.write(switching + preface)
-            for chunk in queued:
-                self.write(chunk)
+        self.write(switching + preface)
+        for chunk in queued:
+            self.write(chunk)
         self.upgrade_parser = parser
         parser.stop(_UpgradeBody(self) if codec.upgrade_pending else None)
         self._attach(b"")

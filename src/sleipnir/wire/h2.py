@@ -58,6 +58,7 @@ from hyperframe.frame import GoAwayFrame, SettingsFrame
 from sleipnir.wire.h1 import Headers, RequestHead, declared_length
 from sleipnir.wire.h1_writer import ResponseHeaderError
 from sleipnir.wire.h2_fields import (
+    STATUS_VALUES,
     Malformed,
     Refused,
     build_request,
@@ -95,7 +96,6 @@ _END_HEADERS: Final = 0x4
 _PADDED: Final = 0x8
 _PRIO: Final = 0x20
 _MAX_STREAMS_H2: Final = 2**31 - 1  # what h2 itself enforces: the real limit is counted here
-_STATUS: Final = {s: b"%d" % s for s in range(100, 600)}
 
 
 class H2ConnectionError(Exception):
@@ -597,7 +597,7 @@ class H2Codec:
         response (then RST_STREAM NO_ERROR if the request is still coming, RFC 9113 §8.1)."""
         conn = self._conn
         if status:
-            headers = [(b":status", _STATUS[status]), (b"content-length", b"0")]
+            headers = [(b":status", STATUS_VALUES[status]), (b"content-length", b"0")]
             conn.send_headers(sid, headers, end_stream=True)
             if not conn.streams[sid].closed:
                 conn.reset_stream(sid, NO_ERROR)

@@ -208,7 +208,8 @@ def upgraded_request(head: RequestHead) -> RequestHead:
     )
 
 
-_STATUS: Final = {s: b"%d" % s for s in range(100, 600)}
+# A response's :status value (RFC 9113 §8.3.2), for every status an app can send.
+STATUS_VALUES: Final = {s: b"%d" % s for s in range(100, 600)}
 # Response header names seen before -> the name to send (lowercased), b"" for one to drop.
 _NAMES: dict[bytes, bytes] = {}
 _NAMES_MAX = 4096
@@ -232,7 +233,7 @@ def response_block(
     requests), names lowercased, connection-specific fields dropped (RFC 9113 §8.2.2).
     Raises ``ResponseHeaderError`` for a name that is not a token or a CR, LF or NUL in a
     value (which HPACK would carry, and the client reject)."""
-    block = [(b":status", _STATUS.get(status) or b"%d" % status)] if status else []
+    block = [(b":status", STATUS_VALUES.get(status) or b"%d" % status)] if status else []
     names = _NAMES
     for name, value in headers:
         lname = names.get(name)
