@@ -397,7 +397,7 @@ class HTTPCycle:
         ):
             self._early_hint(msg.get("links"))
         elif mtype == "http.response.push" and self._state in _PUSH_STATES:
-            self._push(message)
+            self._push(msg)
         elif self._state == _DONE:
             raise ASGIError(f"unexpected ASGI message {mtype!r} after the response completed")
         elif mtype == "http.response.trailers" and self._state == _BODY:
