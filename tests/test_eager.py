@@ -1,11 +1,12 @@
 """Eager requests (docs/architecture.md, "Eager requests") over real sockets.
 
-An HTTP/1.1 request's coroutine takes its first step without a task of its own, with the
-connection's runner as the current task; one that suspends goes on in the runner. What an app
-can see of that must be what a task per request gives it: a current task (asyncio.timeout,
-anyio), a fresh context per request, a timeout that works in every request of a connection,
-the next request served while an earlier app goes on after its response, and pipelined
-responses in order however many there are.
+An HTTP/1.1 request's coroutine, or an HTTP/2 stream's, takes its first step without a task of
+its own, with the connection's runner as the current task; one that suspends goes on in the
+runner. What an app can see of that must be what a task per request gives it: a current task
+(asyncio.timeout, anyio), a fresh context per request, a timeout that works in every request
+of a connection, the next request served while an earlier app goes on after its response, and
+pipelined responses in order however many there are (HTTP/2: every stream of a read answered,
+whichever of them suspend).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from typing import Any
 
 import anyio
 import pytest
+from hyperframe.frame import DataFrame, RstStreamFrame
 
 from conftest import STARTUP_TIMEOUT_S, cli_server, run_server, wait_for
+from h2raw import H2Client, request_fields
 from rawhttp import RawConnection, request
 from sleipnir.transport.eager import EAGER_BATCH
 from sleipnir.types import Receive, Scope, Send
@@ -339,4 +342,125 @@ def test_system_exit_in_an_app_ends_the_server(parser: str, loop: str, tmp_path:
             assert conn.read_response().body == b"ok"
             conn.send(request("GET", "/exit"))
             assert conn.read_response().status == 500
+        srv.proc.wait(STARTUP_TIMEOUT_S)  # raises if the server goes on serving
+
+
+# HTTP/2: the streams a read starts run eagerly once it is parsed; the first that suspends
+# goes on in the runner, and the streams after it get tasks of their own.
+
+
+def h2_exchange(client: H2Client, paths: list[str]) -> list[bytes]:
+    """Open a stream for each path in one send (one read, as a rule), and return the bodies
+    in the same order once every stream has ended."""
+    sids = []
+    frames = []
+    for path in paths:
+        sid = client.next_sid()
+        sids.append(sid)
+        frames.append(client.headers(sid, request_fields(path=path.encode())))
+    client.send(*frames)
+    got = dict.fromkeys(sids, b"")
+    waiting = set(sids)
+    while waiting:
+        f = client.read_frame()
+        assert f is not None, f"closed with streams {sorted(waiting)} open"
+        if f.stream_id not in got:
+            continue
+        if isinstance(f, DataFrame):
+            got[f.stream_id] += f.data
+        if isinstance(f, RstStreamFrame) or "END_STREAM" in f.flags:
+            waiting.discard(f.stream_id)
+    return [got[sid] for sid in sids]
+
+
+def h2_serve(probe: Probe) -> Any:
+    return run_server(make_app(probe), loop=probe.loop_impl)
+
+
+def test_h2_streams_have_a_current_task_and_a_fresh_context(probe: Probe) -> None:
+    with h2_serve(probe) as srv, srv.connect() as sock:
+        client = H2Client(sock)
+        client.handshake()
+        paths = ["/task", "/var?a", "/anyio", "/var?b", "/suspend", "/var?c", "/task"]
+        assert h2_exchange(client, paths) == [
+            b"True True",
+            b"unset",
+            b"cancelled True",
+            b"unset",
+            b"suspended unset",
+            b"unset",
+            b"True True",
+        ]
+        assert all(task is not None for task in probe.tasks)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="eager from Python 3.11 only")
+def test_h2_streams_of_a_connection_share_its_runner(probe: Probe) -> None:
+    # As HTTP/1.1 requests do (docs/architecture.md): what shows the streams ran eagerly.
+    with h2_serve(probe) as srv, srv.connect() as sock:
+        client = H2Client(sock)
+        client.handshake()
+        assert h2_exchange(client, ["/a", "/b", "/c"]) == [b"/a", b"/b", b"/c"]
+        assert h2_exchange(client, ["/d"]) == [b"/d"]
+    first, *others = probe.tasks
+    assert first is not None and all(task is first for task in others)
+
+
+def test_h2_streams_after_one_that_suspends_do_not_wait_for_it(probe: Probe) -> None:
+    with h2_serve(probe) as srv, srv.connect() as sock:
+        client = H2Client(sock)
+        client.handshake()
+        # /linger answers, then waits for /release, which comes on a later stream of the
+        # same read (so it cannot run in the runner, busy with /linger) and of the next one.
+        assert h2_exchange(client, ["/linger", "/a", "/release", "/b"]) == [
+            b"answered",
+            b"/a",
+            b"released",
+            b"/b",
+        ]
+        assert h2_exchange(client, ["/linger", "/c"]) == [b"answered", b"/c"]
+        assert h2_exchange(client, ["/release", "/d"]) == [b"released", b"/d"]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is new in 3.11")
+def test_h2_a_cancellation_never_reaches_another_stream(probe: Probe) -> None:
+    with h2_serve(probe) as srv, srv.connect() as sock:
+        client = H2Client(sock)
+        client.handshake()
+        for _ in range(2):
+            assert h2_exchange(client, ["/timeout", "/cancelling", "/timeout", "/group"]) == [
+                b"timed out",
+                b"0",
+                b"timed out",
+                b"ExceptionGroup",
+            ]
+            assert h2_exchange(client, ["/swallow", "/cancelling", "/a"]) == [
+                b"swallowed",
+                b"0",
+                b"/a",
+            ]
+            assert h2_exchange(client, ["/cancelling"]) == [b"0"]
+
+
+def test_h2_no_task_outlives_its_connection(probe: Probe) -> None:
+    with h2_serve(probe) as srv:
+        for paths in (["/a"], ["/suspend"], ["/a", "/suspend", "/b", "/suspend"]):
+            with srv.connect() as sock:
+                client = H2Client(sock)
+                client.handshake()
+                h2_exchange(client, paths)
+            wait_for(lambda: probe.task_count() == 0, 5, "the connection's tasks to end")
+        assert not srv.server.state.tasks
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_h2_system_exit_in_an_app_ends_the_server(loop: str, tmp_path: Path) -> None:
+    (tmp_path / "exit_app.py").write_text(EXIT_APP)
+    args = ["exit_app:app", "--app-dir", str(tmp_path), "--port", "0", "--loop", loop]
+    with cli_server(*args) as srv:
+        with socket.create_connection((srv.host, srv.port), timeout=5) as sock:
+            client = H2Client(sock)
+            client.handshake()
+            assert h2_exchange(client, ["/ok"]) == [b"ok"]
+            assert client.get(b"/exit").status == 500
         srv.proc.wait(STARTUP_TIMEOUT_S)  # raises if the server goes on serving

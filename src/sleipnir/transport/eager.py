@@ -1,11 +1,12 @@
-"""Eager requests: an HTTP/1.1 connection runs its requests' apps without a task each.
+"""Eager requests: a connection runs its requests' apps without a task each.
 
-``H1Protocol`` inherits ``EagerRequests``; docs/architecture.md ("Eager requests") says why
-and what an app can tell. In short:
+``H1Protocol`` and ``H2Protocol`` (its streams are the requests) inherit ``EagerRequests``;
+docs/architecture.md ("Eager requests") says why and what an app can tell. In short:
 
-- A request started while a read is parsed (``_ready``) takes the first step of its coroutine
-  once the read is parsed (``_drive``), in its own context, with the connection's runner task
-  as the current task. Most finish there.
+- A request started while a read is parsed (``_add_ready``: HTTP/1.1 has one at a time, an
+  HTTP/2 read may start many) takes the first step of its coroutine once the read is parsed
+  (``_drive``), in its own context, with the connection's runner task as the current task.
+  Most finish there.
 - One that suspends is handed to the runner (``_run``), which goes on with it through a
   trampoline (``_continue``), then with the requests its response let start.
 - A request that must start while the runner is busy gets a task of its own
@@ -72,9 +73,9 @@ async def _awaited(awaitable: Awaitable[None]) -> None:
     await awaitable
 
 
-@trait  # a mixin of H1Protocol: a compiled build allows one base class and traits
+@trait  # a mixin of H1Protocol and H2Protocol: a compiled build allows one base class and traits
 class EagerRequests:
-    """The runner of one HTTP/1.1 connection; the connection sets the attributes below."""
+    """The runner of one connection; the connection sets the attributes below."""
 
     _loop: asyncio.AbstractEventLoop
     _state: ServerState
@@ -83,7 +84,11 @@ class EagerRequests:
     _eager: bool
     _parsing: bool  # in data_received
     _stepping: bool  # a request coroutine is taking a step this connection drives
-    _ready: HTTPCycle | None  # started, to run once the current parse or step is over
+    # Started, to run once the current parse or step is over: the first, and any after it (an
+    # HTTP/2 read may start many streams). Not one list: HTTP/1.1 has one at a time, and a list
+    # emptied and filled again for every request reallocates twice (about 400 instructions).
+    _ready: HTTPCycle | None
+    _more_ready: list[HTTPCycle] | None
     _runner: asyncio.Task[None] | None  # current task of the eager requests
     _runner_busy: bool  # it goes on with a request that suspended
     _runner_waiter: asyncio.Future[None] | None  # set while it waits for one
@@ -100,20 +105,45 @@ class EagerRequests:
         self._parsing = False
         self._stepping = False
         self._ready = None
+        self._more_ready = None
         self._runner = None
         self._runner_busy = False
         self._runner_waiter = None
         self._handoff = None
         self._eager = plain_tasks and sys.version_info >= (3, 11)
 
+    def _add_ready(self, cycle: HTTPCycle) -> None:
+        """``cycle`` started: it runs after those started before it, once the current parse or
+        step is over (``_drive``, or the runner)."""
+        if self._ready is None:
+            self._ready = cycle
+        elif self._more_ready is None:
+            self._more_ready = [cycle]
+        else:
+            self._more_ready.append(cycle)
+
+    def _take_ready(self) -> HTTPCycle:
+        """The first started request (there is one), out of the queue."""
+        cycle = self._ready
+        assert cycle is not None
+        more = self._more_ready
+        if more is None:
+            self._ready = None
+        else:
+            self._ready = more.pop(0)
+            if not more:
+                self._more_ready = None
+        return cycle
+
     def _gather_writes(self) -> None:
         """Gather the connection's writes until the end of this loop iteration."""
         raise NotImplementedError
 
     def _drive(self) -> None:
-        """Run the request the last read started, and each one its response lets start
-        (pipelined), without a task each: the first step of its coroutine runs here, with the
-        connection's runner as the current task; one that suspends goes on in the runner."""
+        """Run the requests the last read started (HTTP/2: its new streams), and each one a
+        response lets start (HTTP/1.1, pipelined), without a task each: the first step of a
+        coroutine runs here, with the connection's runner as the current task; the first one
+        that suspends goes on in the runner, and the requests after it get tasks."""
         runner = self._runner
         if runner is None:  # the first request, or the last runner was retired or stopped
             if self._closing:
@@ -144,8 +174,7 @@ class EagerRequests:
                     loop.call_soon(self._drive)
                     return
                 served += 1
-                cycle = self._ready
-                self._ready = None
+                cycle = self._take_ready()
                 # request_context(), inlined on the hot path (about 1k instructions a request)
                 context = contextvars.Context() if fresh else base.copy()
                 step = self._first_step(cycle, context)
@@ -188,10 +217,9 @@ class EagerRequests:
         return coro, yielded
 
     def _spawn_ready(self) -> None:
-        """The started request cannot run eagerly: give it a task of its own."""
-        cycle = self._ready
-        if cycle is not None:
-            self._ready = None
+        """The started requests cannot run eagerly: give each a task of its own."""
+        while self._ready is not None:
+            cycle = self._take_ready()
             context = request_context(self._state, self._context)
             cycle.task = task = create_task(self._loop, cycle.run(), context, True)
             self._state.tasks.add(task)
@@ -251,8 +279,7 @@ class EagerRequests:
                 self._handoff = None
                 await self._continue(*handoff[2:], thrown)
                 while self._ready is not None and not cancelling():
-                    cycle = self._ready  # pipelined requests, as _drive runs them
-                    self._ready = None
+                    cycle = self._take_ready()  # pipelined requests, as _drive runs them
                     context = request_context(self._state, self._context)
                     step = self._first_step(cycle, context)
                     if step is None:

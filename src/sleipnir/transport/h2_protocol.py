@@ -54,7 +54,7 @@ from mypy_extensions import mypyc_attr
 
 from sleipnir.asgi.contract import ASGIError
 from sleipnir.asgi.http_cycle import BODY_HIGH_WATER_BYTES, HTTPCycle, http_scope
-from sleipnir.transport.eager import create_task, request_context
+from sleipnir.transport.eager import EagerRequests, create_task, request_context
 from sleipnir.transport.flow import WriteFlow
 from sleipnir.wire import h2
 from sleipnir.wire.h1 import H1Error, H1Parser, Headers, RequestHead, declared_length
@@ -211,7 +211,7 @@ class H2Stream:
 
     def push(self, cycle: HTTPCycle, path: str, headers: Headers) -> None:
         """PUSH_PROMISE for a GET of ``path``, then the promised stream is served like a
-        client's request: its own H2Stream, HTTPCycle and task (``H2Protocol.on_request``).
+        client's request: its own H2Stream and HTTPCycle (``H2Protocol.on_request``).
         Ignored when the client disabled push (or no more can be promised now), and from a
         pushed stream (RFC 9113 §6.6: only a client's stream can carry a promise)."""
         if self.gone or self.answered or not self.sid % 2:
@@ -341,7 +341,7 @@ class _UpgradeBody:
         self._conn.upgrade_complete()
 
 
-class H2Protocol(WriteFlow):
+class H2Protocol(WriteFlow, EagerRequests):
     """One HTTP/2 connection, on a transport taken over from an HTTP/1.1 connection."""
 
     def __init__(
@@ -358,7 +358,7 @@ class H2Protocol(WriteFlow):
         context: contextvars.Context,
         plain_tasks: bool,
     ) -> None:
-        self.state = state
+        self.state = self._state = state  # (_state: EagerRequests's name)
         self.loop = self._loop = asyncio.get_running_loop()
         self.transport = cast(asyncio.Transport, transport)
         self.codec = h2.H2Codec(self, limits)
@@ -369,6 +369,7 @@ class H2Protocol(WriteFlow):
         self._client_label = client_label
         self._context = context
         self._plain_tasks = plain_tasks
+        self._init_eager(plain_tasks)
         self.streams: dict[int, H2Stream] = {}
         self.deadline = 0.0
         self.write_paused = False
@@ -376,7 +377,7 @@ class H2Protocol(WriteFlow):
         self._out: list[bytes] | None = None
         self._out_bytes = 0
         self._held: list[bytes] | None = None  # writes waiting for an h2c Upgrade's body
-        self._closed = False
+        self._closing = False
         self._client_goaway = False
         self._read_blocks = 0  # _WRITE_FULL | _UPGRADE_UNREAD: reading is paused while nonzero
         # h2c Upgrade: the HTTP/1.1 parser, until the bytes after the request are taken from
@@ -438,12 +439,13 @@ class H2Protocol(WriteFlow):
     # asyncio.Protocol ------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._closed:
+        if self._closing:
             return
         if self.upgrade_parser is not None:  # after an h2c Upgrade: the HTTP/1.1 part first
             data = self._upgrade_data(data)
             if not data:
                 return
+        self._parsing = True
         try:
             out = self.codec.feed(data)
         except h2.H2ConnectionError as exc:
@@ -455,14 +457,21 @@ class H2Protocol(WriteFlow):
             )
             self.write(exc.goaway)
             self._close()
-            return
+            out = b""
+        finally:
+            self._parsing = False
         self.write(out)
+        # The streams this read started, now that all of it is parsed (their apps run even if
+        # the read turned out to break the connection, as they did with a task each).
+        if self._ready is not None:
+            self._drive()
 
     def eof_received(self) -> bool | None:
         return None  # the transport closes; connection_lost ends the streams
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
+        self._closing = True
+        self._stop_runner()
         self._out = self._held = None
         self.upgrade_parser = None
         self.state.clock.connections.discard(self)
@@ -472,7 +481,7 @@ class H2Protocol(WriteFlow):
         self._wake_drain()
 
     def _gone(self) -> bool:
-        return self._closed
+        return self._closing
 
     def pause_writing(self) -> None:
         """The socket's write buffer is full: stop reading too, as HTTP/1.1 does, so that a
@@ -486,7 +495,7 @@ class H2Protocol(WriteFlow):
         self._unblock_reading(_WRITE_FULL)
 
     def _block_reading(self, reason: int) -> None:
-        if not self._read_blocks and not self._closed:
+        if not self._read_blocks and not self._closing:
             self.transport.pause_reading()
         self._read_blocks |= reason
 
@@ -496,7 +505,7 @@ class H2Protocol(WriteFlow):
         self._read_blocks &= ~reason
         # Not on a closing transport (as H1Protocol._resume_reading): a TLS transport may
         # still be exchanging close_notify, which is not this protocol's to read.
-        if not self._read_blocks and not self._closed and not self.transport.is_closing():
+        if not self._read_blocks and not self._closing and not self.transport.is_closing():
             self.transport.resume_reading()
 
     # h2c Upgrade: the request's body, read as HTTP/1.1 ----------------------------------------
@@ -521,7 +530,7 @@ class H2Protocol(WriteFlow):
         """After the parser that started the upgrade returned: if the request is complete,
         feed the codec what arrived after it (with no new read, nothing else would)."""
         parser = self.upgrade_parser
-        if parser is None or self._closed or self.codec.upgrade_pending:
+        if parser is None or self._closing or self.codec.upgrade_pending:
             return
         self.upgrade_parser = None
         data = parser.take_held()
@@ -620,11 +629,20 @@ class H2Protocol(WriteFlow):
         if self._proxies is not None:
             self._proxies.apply_trusted(scope)
         cycle = stream.cycle = HTTPCycle(scope, stream, state.ctx, head.expect_continue)
+        if (
+            websocket is None
+            and self._eager
+            and (self._stepping or (self._parsing and not self._runner_busy))
+        ):
+            # Eager, as HTTP/1.1 requests (transport/eager.py): run once the read is parsed,
+            # or once the step that pushed it is over.
+            self._add_ready(cycle)
+            return
         run = cycle.run() if websocket is None else websocket.start(cycle, head)
         if run is None:
             return  # a refused WebSocket handshake, answered
-        # Each stream's app runs in its own task, with its own copy of the connection's
-        # starting context (never another stream's), as HTTP/1.1 requests do.
+        # Otherwise each stream's app runs in its own task, with its own copy of the
+        # connection's starting context (never another stream's), as HTTP/1.1 requests do.
         context = request_context(state, self._context)
         cycle.task = task = create_task(self.loop, run, context, self._plain_tasks)
         state.tasks.add(task)
@@ -702,7 +720,7 @@ class H2Protocol(WriteFlow):
         if self.streams.pop(stream.sid, None) is None:
             return
         state = self.state
-        if not self._closed:
+        if not self._closing:
             self.write(self.codec.close_stream(stream.sid))
         if self.upgrade_parser is not None:
             self.upgrade_flow()  # stream 1's app is done: the rest of its body is dropped
@@ -779,7 +797,7 @@ class H2Protocol(WriteFlow):
 
     def shutdown(self) -> None:
         """GOAWAY: no new streams; close now if idle, else once the open streams are done."""
-        if self._closed:
+        if self._closing:
             return
         self.write(self.codec.goaway())
         if not self.streams:
@@ -788,14 +806,14 @@ class H2Protocol(WriteFlow):
     def _close(self) -> None:
         self.deadline = 0.0
         self._flush()
-        self._closed = True
+        self._closing = True
         self.transport.close()
 
     # Writing ---------------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
         """Queue bytes for the end of this loop iteration (one write for many streams)."""
-        if not data or self._closed:
+        if not data or self._closing:
             return
         held = self._held
         if held is not None:
@@ -812,10 +830,14 @@ class H2Protocol(WriteFlow):
         if self._out_bytes >= OUT_BATCH_BYTES:
             self._flush()  # the scheduled call finds nothing left
 
+    def _gather_writes(self) -> None:
+        """(EagerRequests) Nothing to do: every write is gathered until the end of the loop
+        iteration (``write``)."""
+
     def _flush(self) -> None:
         out = self._out
         self._out = None
-        if out and not self._closed:
+        if out and not self._closing:
             if len(out) == 1:
                 self.transport.write(out[0])
             else:
