@@ -222,6 +222,30 @@ def test_response_splitting_in_values_refused(value: bytes) -> None:
         encode(200, [(b"server", value)])  # a default-overriding header is checked too
 
 
+def test_cached_values_still_checked_in_the_company_of_bad_ones() -> None:
+    # Values seen before skip the head's check; a new one in the same head brings it back.
+    good = [(b"x-ok", b"fine"), (b"content-type", b"text/plain")]
+    for _ in range(2):
+        assert values(encode(200, good)[1], b"x-ok") == [b"fine"]
+    assert b"fine" in w._GOOD_VALUES
+    with pytest.raises(w.ResponseHeaderError):
+        encode(200, [*good, (b"x-bad", b"a\r\nInjected: 1")])
+    # A framing header's value is never written, so never checked as part of the head; a
+    # dirty one (tolerated as a length) must not become a value cached as clean either.
+    encode(200, [(b"content-length", b"2\r\n")])
+    assert b"2\r\n" not in w._GOOD_VALUES
+    with pytest.raises(w.ResponseHeaderError):
+        encode(200, [(b"x-value", b"2\r\n")])
+
+
+def test_full_value_cache_still_validates(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(w, "_KNOWN_VALUES_MAX", 0)
+    assert values(encode(200, [(b"x-new", b"never-cached")])[1], b"x-new") == [b"never-cached"]
+    assert b"never-cached" not in w._GOOD_VALUES
+    with pytest.raises(w.ResponseHeaderError):
+        encode(200, [(b"x-new", b"never-cached\r\nInjected: 1")])
+
+
 @pytest.mark.parametrize(
     "name", [b"", b"bad name", b"x:y", b"x\r\ny", b"x\n", b"caf\xe9", b"(x)", b"x\x00", b"x@y"]
 )
@@ -245,8 +269,9 @@ def test_invalid_app_content_length_refused(value: bytes) -> None:
 
 
 def test_app_content_length_whitespace_tolerated() -> None:
-    _, fields, framing, length, _ = encode(200, [(b"Content-Length", b" 12 ")], body=-1)
-    assert (framing, length, values(fields, b"content-length")) == (LENGTH, 12, [b"12"])
+    for _ in range(2):  # the second time from the cache of lengths
+        _, fields, framing, length, _ = encode(200, [(b"Content-Length", b" 12 ")], body=-1)
+        assert (framing, length, values(fields, b"content-length")) == (LENGTH, 12, [b"12"])
 
 
 # Status lines, chunks, canned responses ------------------------------------------------------

@@ -34,6 +34,12 @@ CRLF: Final = b"\r\n"
 
 _TOKEN_RE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _KNOWN_NAMES_MAX: Final = 4096  # bound on the cache of validated header names
+# Bounds on the cache of validated header values: how many, and how long each may be (the
+# count is not Final, which mypyc would inline: a test sets it).
+_KNOWN_VALUES_MAX = 1024
+_KNOWN_VALUE_BYTES: Final = 40
+_KNOWN_LENGTHS_MAX: Final = 256  # bound on the cache of Content-Length values
+_CTL: Final = b"\r\n\0"  # never in a field value (response splitting)
 
 
 class ResponseHeaderError(ValueError):
@@ -52,6 +58,14 @@ _STATUS_LINES: Final = {status.value: _status_line(status.value) for status in H
 # Header names already checked (tokens, RFC 9110 §5.1), each with its lowercase form: an app
 # sends the same few names again and again, so one dict hit replaces a check and a lower().
 _GOOD_NAMES: Final[dict[bytes, bytes]] = {}
+# Short header values already checked (no CR, LF or NUL): an app sends the same few again and
+# again too (content types, cache policies, "nosniff"), and a set hit for each replaces the
+# check of the whole head (a copy of it by translate(), about 1k instructions).
+_GOOD_VALUES: Final[set[bytes]] = set()
+# Content-Length values an app gave, each with its number and the line we write for it: static
+# bodies come back with the same few lengths (parsing and formatting each: about 700
+# instructions).
+_LENGTHS: Final[dict[bytes, tuple[int, bytes]]] = {}
 
 # What the writer must look at among the application's headers, by lowercase name.
 _CONTENT_LENGTH: Final = 1
@@ -117,15 +131,17 @@ def encode_head(
     """
     parts = [_STATUS_LINES.get(status) or status_line(status)]
     content_length = -1
+    length_line = b""
     overridden: set[bytes] | None = None
     default_names = defaults.names
     lines = 0
+    unchecked = False  # a value not in _GOOD_VALUES
     for name, value in headers:
         lname = _GOOD_NAMES.get(name) or _check_name(name)
         kind = _SPECIAL.get(lname)
         if kind is not None:
             if kind == _CONTENT_LENGTH:
-                content_length = int(value) if value.isdigit() else _parse_length(value)
+                content_length, length_line = _LENGTHS.get(value) or _length(value)
             elif kind == _CONNECTION:
                 keep_alive = keep_alive and b"close" not in value.lower()
             continue  # framing and connection headers are ours to write
@@ -134,16 +150,21 @@ def encode_head(
             overridden.add(lname)
         parts += (name, b": ", value, CRLF)
         lines += 1
+        if value not in _GOOD_VALUES:
+            unchecked = True
     block = b"".join(parts)
-    # The block holds exactly one CR and one LF per line (names are tokens); any more, or any
-    # NUL, came from a value. Counted with one translate() rather than count() and find(), which
-    # are slow in CPython (see the note at the top of wire/h1.py).
-    if len(block) - len(block.translate(None, b"\r\n\0")) != 2 * (lines + 1):
-        raise ResponseHeaderError("CR, LF or NUL in a response header value")
+    if unchecked:
+        # The block holds exactly one CR and one LF per line (names are tokens); any more, or
+        # any NUL, came from a value. Counted with one translate() rather than count() and
+        # find(), which are slow in CPython (see the note at the top of wire/h1.py).
+        if len(block) - len(block.translate(None, _CTL)) != 2 * (lines + 1):
+            raise ResponseHeaderError("CR, LF or NUL in a response header value")
+        if len(_GOOD_VALUES) < _KNOWN_VALUES_MAX:
+            _remember_values(headers)
 
     if content_length >= 0 and not head_request and status >= 200 and status not in (204, 304):
         # The common case, inline: the app gave a Content-Length (RFC 9112 §6.3 (6)).
-        framing, extra = FRAMING_LENGTH, b"content-length: %d\r\n" % content_length
+        framing, extra = FRAMING_LENGTH, length_line
     else:
         framing, extra, keep_alive = _framing(
             status, content_length, head_request, http10, keep_alive, final_body_len
@@ -158,6 +179,27 @@ def encode_head(
     # One join rather than a chain of "+": one allocation, no temporary heads.
     head = b"".join((block, default_block, extra, CRLF))
     return head, framing, content_length, keep_alive
+
+
+def _length(value: bytes) -> tuple[int, bytes]:
+    """A Content-Length value not in _LENGTHS: its number and our line for it, remembered."""
+    length = int(value) if value.isdigit() else _parse_length(value)
+    known = (length, b"content-length: %d\r\n" % length)
+    if len(_LENGTHS) < _KNOWN_LENGTHS_MAX:
+        _LENGTHS[value] = known
+    return known
+
+
+def _remember_values(headers: Headers) -> None:
+    """Add the short values of ``headers`` to _GOOD_VALUES, each checked on its own (those of
+    framing headers never went through the head's check)."""
+    for _, value in headers:
+        if (
+            len(value) <= _KNOWN_VALUE_BYTES
+            and len(_GOOD_VALUES) < _KNOWN_VALUES_MAX
+            and len(value.translate(None, _CTL)) == len(value)
+        ):
+            _GOOD_VALUES.add(value)
 
 
 def _framing(
@@ -203,7 +245,7 @@ def check_fields(fields: Headers) -> None:
     for name, value in fields:
         if name not in _GOOD_NAMES:
             _check_name(name)
-        if len(value.translate(None, b"\r\n\0")) != len(value):
+        if len(value.translate(None, _CTL)) != len(value):
             raise ResponseHeaderError(f"CR, LF or NUL in the value of {name.decode('latin-1')}")
 
 
