@@ -38,7 +38,7 @@ _KNOWN_NAMES_MAX: Final = 4096  # bound on the cache of validated header names
 # count is not Final, which mypyc would inline: a test sets it).
 _KNOWN_VALUES_MAX = 1024
 _KNOWN_VALUE_BYTES: Final = 40
-_KNOWN_LENGTHS_MAX: Final = 256  # bound on the cache of Content-Length values
+_KNOWN_LENGTHS_MAX: Final = 256  # bound on the cache of Content-Length values (as long)
 _CTL: Final = b"\r\n\0"  # never in a field value (response splitting)
 
 
@@ -185,7 +185,7 @@ def _length(value: bytes) -> tuple[int, bytes]:
     """A Content-Length value not in _LENGTHS: its number and our line for it, remembered."""
     length = int(value) if value.isdigit() else _parse_length(value)
     known = (length, b"content-length: %d\r\n" % length)
-    if len(_LENGTHS) < _KNOWN_LENGTHS_MAX:
+    if len(_LENGTHS) < _KNOWN_LENGTHS_MAX and len(value) <= _KNOWN_VALUE_BYTES:
         _LENGTHS[value] = known
     return known
 
