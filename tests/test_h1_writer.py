@@ -262,7 +262,9 @@ def test_valid_token_names_accepted_and_cached_names_still_checked() -> None:
         encode(200, [(name, b"v"), (name + b" ", b"v")])
 
 
-@pytest.mark.parametrize("value", [b"abc", b"-1", b"", b"1.5", b"5, 5", b"5\r\nX: y", b"0x5"])
+@pytest.mark.parametrize(
+    "value", [b"abc", b"-1", b"", b"1.5", b"5, 5", b"5\r\nX: y", b"0x5", b"1" * 20, b"9" * 5000]
+)
 def test_invalid_app_content_length_refused(value: bytes) -> None:
     with pytest.raises(w.ResponseHeaderError):
         encode(200, [(b"content-length", value)])
@@ -272,6 +274,8 @@ def test_app_content_length_whitespace_tolerated() -> None:
     for _ in range(2):  # the second time from the cache of lengths
         _, fields, framing, length, _ = encode(200, [(b"Content-Length", b" 12 ")], body=-1)
         assert (framing, length, values(fields, b"content-length")) == (LENGTH, 12, [b"12"])
+    _, fields, _, length, _ = encode(200, [(b"Content-Length", b"0" * 30 + b"12")], body=-1)
+    assert (length, values(fields, b"content-length")) == (12, [b"12"])
 
 
 # Status lines, chunks, canned responses ------------------------------------------------------

@@ -39,6 +39,7 @@ _KNOWN_NAMES_MAX: Final = 4096  # bound on the cache of validated header names
 _KNOWN_VALUES_MAX = 1024
 _KNOWN_VALUE_BYTES: Final = 40
 _KNOWN_LENGTHS_MAX: Final = 256  # bound on the cache of Content-Length values (as long)
+_LENGTH_DIGITS_MAX: Final = 19  # more is no body's length (and int() refuses 4300 digits)
 _CTL: Final = b"\r\n\0"  # never in a field value (response splitting)
 
 
@@ -183,7 +184,9 @@ def encode_head(
 
 def _length(value: bytes) -> tuple[int, bytes]:
     """A Content-Length value not in _LENGTHS: its number and our line for it, remembered."""
-    length = int(value) if value.isdigit() else _parse_length(value)
+    length = (
+        int(value) if value.isdigit() and len(value) <= _LENGTH_DIGITS_MAX else _parse_length(value)
+    )
     known = (length, b"content-length: %d\r\n" % length)
     if len(_LENGTHS) < _KNOWN_LENGTHS_MAX and len(value) <= _KNOWN_VALUE_BYTES:
         _LENGTHS[value] = known
@@ -233,8 +236,8 @@ def _framing(
 
 def _parse_length(value: bytes) -> int:
     value = value.strip()
-    if not value.isdigit():
-        raise ResponseHeaderError(f"invalid content-length {value!r}")
+    if not value.isdigit() or len(value.lstrip(b"0")) > _LENGTH_DIGITS_MAX:
+        raise ResponseHeaderError(f"invalid content-length {value[:40]!r}")
     return int(value)
 
 
