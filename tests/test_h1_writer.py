@@ -222,8 +222,12 @@ def test_response_splitting_in_values_refused(value: bytes) -> None:
         encode(200, [(b"server", value)])  # a default-overriding header is checked too
 
 
-def test_cached_values_still_checked_in_the_company_of_bad_ones() -> None:
+def test_cached_values_still_checked_in_the_company_of_bad_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Values seen before skip the head's check; a new one in the same head brings it back.
+    # (Room in the cache whatever the servers of earlier tests in this process put there.)
+    monkeypatch.setattr(w, "_KNOWN_VALUES_MAX", 1 << 30)
     good = [(b"x-ok", b"fine"), (b"content-type", b"text/plain")]
     for _ in range(2):
         assert values(encode(200, good)[1], b"x-ok") == [b"fine"]
