@@ -236,9 +236,10 @@ def _framing(
 
 def _parse_length(value: bytes) -> int:
     value = value.strip()
-    if not value.isdigit() or len(value.lstrip(b"0")) > _LENGTH_DIGITS_MAX:
+    digits = value.lstrip(b"0")  # (int() counts leading zeros against its 4300 digits)
+    if not value.isdigit() or len(digits) > _LENGTH_DIGITS_MAX:
         raise ResponseHeaderError(f"invalid content-length {value[:40]!r}")
-    return int(value)
+    return int(digits) if digits else 0
 
 
 def check_fields(fields: Headers) -> None:
