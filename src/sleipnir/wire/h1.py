@@ -147,7 +147,9 @@ _CONTENT_LENGTH_RE: Final = re.compile(rb"[0-9]+")
 BAD_VALUE_RE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _ABSOLUTE_RE: Final = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)([^#]*)")
 _MAX_CONTENT_LENGTH: Final = 1 << 62
-_MAX_CONTENT_LENGTH_DIGITS: Final = 19  # len(str(1 << 62)); h11 refuses more than 20 itself
+# len(str(1 << 62)); h11 refuses more than 20 itself. Responses use it too (h1_writer): more
+# digits are no body's length, and int() refuses 4300 of them.
+MAX_CONTENT_LENGTH_DIGITS: Final = 19
 
 
 def valid_host(host: bytes) -> bool:
@@ -216,7 +218,7 @@ def _check_content_length(values: list[bytes]) -> None:
     value = values[0]
     # The length check keeps int() away from huge digit strings.
     if (
-        len(value) > _MAX_CONTENT_LENGTH_DIGITS
+        len(value) > MAX_CONTENT_LENGTH_DIGITS
         or not _CONTENT_LENGTH_RE.fullmatch(value)
         or int(value) > _MAX_CONTENT_LENGTH
     ):

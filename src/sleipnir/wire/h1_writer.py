@@ -21,7 +21,7 @@ import re
 from http import HTTPStatus
 from typing import Final
 
-from sleipnir.wire.h1 import Headers
+from sleipnir.wire.h1 import MAX_CONTENT_LENGTH_DIGITS, Headers
 
 FRAMING_NONE: Final = 0  # no body may follow (HEAD, 1xx, 204, 304)
 FRAMING_LENGTH: Final = 1  # Content-Length
@@ -39,7 +39,6 @@ _KNOWN_NAMES_MAX: Final = 4096  # bound on the cache of validated header names
 _KNOWN_VALUES_MAX = 1024
 _KNOWN_VALUE_BYTES: Final = 40
 _KNOWN_LENGTHS_MAX: Final = 256  # bound on the cache of Content-Length values (as long)
-_LENGTH_DIGITS_MAX: Final = 19  # more is no body's length (and int() refuses 4300 digits)
 _CTL: Final = b"\r\n\0"  # never in a field value (response splitting)
 
 
@@ -185,7 +184,9 @@ def encode_head(
 def _length(value: bytes) -> tuple[int, bytes]:
     """A Content-Length value not in _LENGTHS: its number and our line for it, remembered."""
     length = (
-        int(value) if value.isdigit() and len(value) <= _LENGTH_DIGITS_MAX else _parse_length(value)
+        int(value)
+        if value.isdigit() and len(value) <= MAX_CONTENT_LENGTH_DIGITS
+        else _parse_length(value)
     )
     known = (length, b"content-length: %d\r\n" % length)
     if len(_LENGTHS) < _KNOWN_LENGTHS_MAX and len(value) <= _KNOWN_VALUE_BYTES:
@@ -237,7 +238,7 @@ def _framing(
 def _parse_length(value: bytes) -> int:
     value = value.strip()
     digits = value.lstrip(b"0")  # (int() counts leading zeros against its 4300 digits)
-    if not value.isdigit() or len(digits) > _LENGTH_DIGITS_MAX:
+    if not value.isdigit() or len(digits) > MAX_CONTENT_LENGTH_DIGITS:
         raise ResponseHeaderError(f"invalid content-length {value[:40]!r}")
     return int(digits) if digits else 0
 
