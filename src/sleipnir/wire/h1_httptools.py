@@ -15,19 +15,14 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import httptools
 
-from sleipnir.wire.h1 import H1Error, H1Handler, H1Limits, Headers, build_head
+from sleipnir.wire.h1 import KNOWN_METHODS, H1Error, H1Handler, H1Limits, Headers, build_head
 
 if TYPE_CHECKING:
     from sleipnir.wire.h1_h11 import ChunkedFramingCheck
-
-# The usual methods' names, so that a request does not decode its own (a dict hit is cheaper).
-_METHODS: Final = {
-    m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-}
 
 
 class HttptoolsParser:
@@ -217,7 +212,7 @@ class HttptoolsParser:
         parser = self._parser
         method = parser.get_method()
         head = build_head(
-            _METHODS.get(method) or method.decode("ascii"),
+            KNOWN_METHODS.get(method) or method.decode("ascii"),
             self._url,
             parser.get_http_version(),
             self._headers,

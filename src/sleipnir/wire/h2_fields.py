@@ -14,16 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
-from sleipnir.wire.h1 import Headers, RequestHead, host_known_good, valid_host
+from sleipnir.wire.h1 import KNOWN_METHODS, Headers, RequestHead, host_known_good, valid_host
 from sleipnir.wire.h1_writer import ResponseHeaderError
 
 # RFC 9113 §8.2.1: a field name is a lowercase token; §8.2.2: no connection-specific fields.
 _TOKEN: Final = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
 _METHOD_TOKEN: Final = _TOKEN + b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _WS: Final = (0x20, 0x09)
-_METHODS: Final = {
-    m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
-}
 
 _METHOD, _SCHEME, _AUTHORITY, _PATH, _PROTOCOL = range(5)
 _PSEUDO: Final = {
@@ -150,7 +147,7 @@ def build_request(
             raise Malformed("header field value with leading or trailing whitespace")
     if method is None:
         raise Malformed("missing :method")
-    method_str = _METHODS.get(method)
+    method_str = KNOWN_METHODS.get(method)
     if method_str is None:
         if not method or method.translate(None, _METHOD_TOKEN):
             raise Malformed("invalid :method")
