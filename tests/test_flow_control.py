@@ -143,3 +143,38 @@ def test_slow_client_makes_the_apps_send_wait(parser: str) -> None:
     assert len(response.body) == DOWNLOAD and response.body == expected
     assert sent[0] == DOWNLOAD
     assert largest_buffer[0] <= WRITE_BOUND
+
+
+def test_deferred_flushes_run_together_in_order_and_survive_a_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The connections' gathered writes are flushed by one callback (transport/flow.py): in
+    # the order asked for, each once, one that raises logged without keeping the others, and
+    # one asked for while they run left for the next round.
+    from sleipnir.transport.flow import DeferredFlushes
+
+    ran: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        flushes = DeferredFlushes(loop)
+
+        def fail() -> None:
+            ran.append("fail")
+            raise RuntimeError("boom")
+
+        def again() -> None:
+            ran.append("a")
+            flushes.defer(lambda: ran.append("later"))
+
+        flushes.defer(again)
+        flushes.defer(fail)
+        flushes.defer(lambda: ran.append("b"))
+        assert ran == []
+        await asyncio.sleep(0)  # the loop runs the ready callbacks: the flushes' one
+        assert ran == ["a", "fail", "b"]
+        await asyncio.sleep(0)
+        assert ran == ["a", "fail", "b", "later"]
+
+    asyncio.run(main())
+    assert "boom" in caplog.text

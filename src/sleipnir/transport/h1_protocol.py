@@ -678,14 +678,14 @@ class H1Protocol(WriteFlow, EagerRequests):
         go on being answered: _deferred_flush), writes are gathered in ``_out``."""
         if self._out is None:
             self._out = []
-            self._loop.call_soon(self._deferred_flush)
+            self._state.flushes.defer(self._deferred_flush)
 
     def _deferred_flush(self) -> None:
         """Write gathered pipelined responses once a loop iteration completes none (and the
         pieces of a streamed body, the iteration after they were sent)."""
         if self._pipeline_progress and self.cycle is not None and self._out is not None:
             self._pipeline_progress = False
-            self._loop.call_soon(self._deferred_flush)
+            self._state.flushes.defer(self._deferred_flush)
             return
         self._flush()
 

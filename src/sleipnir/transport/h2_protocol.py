@@ -823,7 +823,7 @@ class H2Protocol(WriteFlow, EagerRequests):
         if out is None:
             self._out = [data]
             self._out_bytes = len(data)
-            self.loop.call_soon(self._flush)
+            self.state.flushes.defer(self._flush)
         else:
             out.append(data)
             self._out_bytes += len(data)

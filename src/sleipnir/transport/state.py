@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from sleipnir.asgi.http_cycle import DRAINING_EXTENSIONS, EXTENSIONS, AppContext
 from sleipnir.logging import RateLimitedLog
+from sleipnir.transport.flow import DeferredFlushes
 from sleipnir.wire.h1 import H1Limits
 
 if TYPE_CHECKING:
@@ -65,6 +66,8 @@ class ServerState:
         # DRAINING_EXTENSIONS once ``start_draining`` ran).
         self.extensions: dict[str, Any] = EXTENSIONS
         self.bad_request_log = RateLimitedLog(logger)
+        # Built in the server's running loop, which all its connections share.
+        self.flushes = DeferredFlushes(asyncio.get_running_loop())
 
     def start_draining(self) -> None:
         """From now on requests carry the ``sleipnir.draining`` extension (--shutdown-delay)."""
