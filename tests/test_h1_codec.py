@@ -341,6 +341,54 @@ def test_higher_minor_version_served_as_http11(parser: str, version: bytes) -> N
     ]
 
 
+@pytest.mark.parametrize("size", [0, 1, 7, 23])
+def test_http_version_of_each_request(parser: str, size: int) -> None:
+    # The httptools parser reads the version from the bytes of a request line that starts a
+    # read (not asking llhttp each time): every form and position must give llhttp's answer.
+    keep = b"Connection: keep-alive\r\n"  # (HTTP/1.0 without it would end the connection)
+    data = b"".join(
+        [
+            b"GET /a HTTP/1.0\r\n" + keep + b"\r\n",
+            b"GET /b HTTP/1.1\r\n" + HOST + b"\r\n",
+            b"\r\nGET /c HTTP/1.0\r\n" + keep + b"\r\n",  # after an empty line
+            b"POST /e HTTP/1.1\r\n" + HOST + b"Content-Length: 16\r\n\r\n",
+            b"GET / HTTP/1.1\r\n",  # a body that looks like a request line
+            b"GET /f HTTP/1.0\r\n" + keep + b"\r\n",
+            b"GET /g HTTP/1.2\r\n" + HOST + b"\r\n",
+        ]
+    )
+    got = parse(parser, data, size)
+    assert [(s.head.raw_path, s.head.http_version) for s in got] == [
+        (b"/a", "1.0"),
+        (b"/b", "1.1"),
+        (b"/c", "1.0"),
+        (b"/e", "1.1"),
+        (b"/f", "1.0"),
+        (b"/g", "1.1"),
+    ]
+
+
+def test_http_version_after_a_read_that_looks_like_a_request_line(parser: str) -> None:
+    # The second read starts with what looks like a request line of another version: it is
+    # a header value of the request begun in the first read, which stays HTTP/1.0.
+    rec = Recorder()
+    codec = make(parser, rec)
+    codec.feed(b"GET /a HTTP/1.0\r\nX-A: ")
+    codec.feed(b"GET /a HTTP/1.1\r\n\r\n")
+    [seen] = rec.requests
+    assert seen.head.http_version == "1.0"
+    assert seen.head.headers == [(b"x-a", b"GET /a HTTP/1.1")]
+    # A read that starts with the rest of a body, looking like the next request's line.
+    rec = Recorder()
+    codec = make(parser, rec)
+    codec.feed(b"POST /a HTTP/1.1\r\n" + HOST + b"Content-Length: 17\r\n\r\n")
+    codec.feed(b"GET /b HTTP/1.1\r\nGET /b HTTP/1.0\r\n\r\n")
+    assert [(s.body, s.head.http_version) for s in rec.requests] == [
+        (b"GET /b HTTP/1.1\r\n", "1.1"),
+        (b"", "1.0"),
+    ]
+
+
 def test_limits_are_configurable(parser: str) -> None:
     limits = H1Limits(request_line_bytes=64, header_block_bytes=256, header_count=4)
     # Well inside / well past the limit: whether it counts the target or the whole request
