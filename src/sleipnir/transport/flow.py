@@ -23,11 +23,11 @@ class DeferredFlushes:
     Each connection that gathers writes (``H1Protocol._gather_writes``, ``H2Protocol.write``)
     asks for its flush here instead of scheduling a callback of its own: under load one loop
     iteration reads many connections, and a ``call_soon`` each (a handle, a context copy, a
-    context switch to run it) was about 2k instructions a request (callgrind, plaintext, 8
-    connections). The flushes run in the order they were asked for, once the callbacks the
-    loop had ready when the first was asked for have run, as their own callbacks would have.
-    A flush asked for while they run (a connection that goes on gathering) waits for the
-    next round.
+    callback run) cost about 600 instructions a request more (callgrind, plaintext, 8
+    connections; more when more are read per iteration). The flushes run in the order they
+    were asked for, once the callbacks the loop had ready when the first was asked for have
+    run, as their own callbacks would have. A flush asked for while they run (a connection
+    that goes on gathering) waits for the next round.
     """
 
     __slots__ = ("_loop", "_pending")
