@@ -122,6 +122,13 @@ class EagerRequests:
         else:
             self._more_ready.append(cycle)
 
+    def _can_add_ready(self) -> bool:
+        """A request starting now can run eagerly (``_add_ready``): the connection runs them
+        (no task factory, 3.11+), and a read is being parsed with the runner free, or a step
+        the connection drives is under way (then the runner goes on with it). Else it needs a
+        task of its own."""
+        return self._eager and (self._stepping or (self._parsing and not self._runner_busy))
+
     def _take_ready(self) -> HTTPCycle:
         """The first started request (there is one), out of the queue."""
         cycle = self._ready

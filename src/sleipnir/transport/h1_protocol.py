@@ -403,7 +403,7 @@ class H1Protocol(WriteFlow, EagerRequests):
             websocket.task = task
             task.add_done_callback(state.tasks.discard)
             state.tasks.add(task)
-        elif self._eager and (self._stepping or (self._parsing and not self._runner_busy)):
+        elif self._can_add_ready():
             self._add_ready(cycle)  # run by _drive or the runner once the parse or step is over
         else:  # a custom task factory, or the runner is busy with an earlier request's app
             context = request_context(state, self._context)

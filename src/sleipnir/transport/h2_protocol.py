@@ -629,11 +629,7 @@ class H2Protocol(WriteFlow, EagerRequests):
         if self._proxies is not None:
             self._proxies.apply_trusted(scope)
         cycle = stream.cycle = HTTPCycle(scope, stream, state.ctx, head.expect_continue)
-        if (
-            websocket is None
-            and self._eager
-            and (self._stepping or (self._parsing and not self._runner_busy))
-        ):
+        if websocket is None and self._can_add_ready():
             # Eager, as HTTP/1.1 requests (transport/eager.py): run once the read is parsed,
             # or once the step that pushed it is over.
             self._add_ready(cycle)
